@@ -1,0 +1,31 @@
+"""llm_jax: the whole life of a ChatGPT-like model as one small JAX/Flax codebase.
+
+Public API: `llm_jax.model.Transformer` + `ModelConfig`, `llm_jax.load(workdir)`, `llm_jax.tokenizer.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def load(workdir: str, step: int | None = None):
+  """(config, params, tokenizer) of a training run's workdir, from its latest (or given) checkpoint."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from llm_jax import sharding, tokenizer  # pylint: disable=import-outside-toplevel
+  from llm_jax.training import checkpoint, state  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a llm_jax workdir?")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # Parameters are restored replicated over this machine's devices, whatever mesh trained them.
+  setup = state.build(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  if mngr.latest_step() is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+  restored = checkpoint.restore(mngr, setup.abstract_state, step=step)
+  mngr.close()
+  return config, restored.params, tokenizer.load(os.path.join(workdir, "tokenizer"))

@@ -1,0 +1,179 @@
+"""Shared config defaults and validation.
+
+Every file in `configs/` starts from `base_config()` and changes what it needs:
+
+    def get_config():
+        config = base_config()
+        config.model.d_model = 128
+        return config
+
+`base_config()` returns a *locked* `ml_collections.ConfigDict`, so a config file or a command-line override
+that names a key which does not exist fails at once, naming the key. `validate(config)` checks values
+(shapes that divide, positive step counts, known dtypes) and raises `ConfigError` naming the key and value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+STAGES = ("pretrain",)  # later stages (sft, reward, dpo, ppo, grpo, distill) add themselves here
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A config value or key is wrong; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "pretrain"
+  c.seed = 0
+
+  # Data. `source="stdlib"` is the built-in corpus (CPython's own docs and sources); any other value is a
+  # path to a directory or file of .txt / .jsonl (field "text") documents.
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "stdlib"
+  c.data.val_fraction = 0.05  # share of documents (by hash of their text) held out for evaluation
+  c.data.chunk_chars = 2048  # long documents are cut at line breaks into pieces of at most this many chars
+  c.data.seq_len = 256
+  c.data.batch_size = 16  # global batch, in rows of seq_len tokens
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.model_type = "bpe"  # or "unigram"
+  c.tokenizer.vocab_size = 4096
+  c.tokenizer.train_chars = 3_000_000  # characters of training text sampled to train the tokenizer
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = c.tokenizer.get_ref("vocab_size")
+  c.model.d_model = 256
+  c.model.n_layers = 4
+  c.model.n_heads = 4
+  c.model.n_kv_heads = 2
+  c.model.head_dim = 64
+  c.model.d_ff = 768
+  c.model.rope_theta = 10000.0
+  c.model.norm_eps = 1e-5
+  c.model.max_seq_len = c.data.get_ref("seq_len")
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU
+  c.model.param_dtype = "float32"  # storage dtype of the parameters
+  c.model.scan_layers = True  # one compiled layer body scanned over depth (fast compiles)
+  c.model.remat = "none"  # "none" | "full": recompute activations in the backward pass
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.lr = 3e-3
+  c.train.warmup_steps = 50  # a run shorter than this warms up over all its steps
+  c.train.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
+  c.train.grad_accum = 1  # micro-batches per step (a lax.scan inside the step)
+  c.train.log_every = 10
+  c.train.eval_every = 100
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 2
+  c.train.progress = True  # tqdm bar
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompts = ("def ", "import os\n", "The ", "class ")
+  c.sample.max_new_tokens = 64
+  c.sample.temperature = 0.8
+
+  c.lock()
+  return c
+
+
+def _check(ok: bool, key: str, value, why: str):
+  if not ok:
+    raise ConfigError(f"config.{key}={value!r}: {why}")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks values; raises ConfigError naming the first bad key."""
+  _check(c.stage in STAGES, "stage", c.stage, f"must be one of {STAGES}")
+  m, t, d = c.model, c.train, c.data
+  for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_seq_len"):
+    _check(m[key] > 0, f"model.{key}", m[key], "must be positive")
+  _check(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads", m.n_kv_heads,
+         f"must divide model.n_heads={m.n_heads}")
+  _check(m.head_dim % 2 == 0, "model.head_dim", m.head_dim, "must be even (RoPE rotates pairs)")
+  _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"must be one of {DTYPES}")
+  _check(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype, f"must be one of {DTYPES}")
+  _check(m.remat in ("none", "full"), "model.remat", m.remat, "must be 'none' or 'full'")
+  _check(m.max_seq_len >= d.seq_len, "model.max_seq_len", m.max_seq_len, f"must be >= data.seq_len={d.seq_len}")
+  _check(m.vocab_size == c.tokenizer.vocab_size, "model.vocab_size", m.vocab_size,
+         f"must equal tokenizer.vocab_size={c.tokenizer.vocab_size}")
+  _check(c.tokenizer.model_type in ("bpe", "unigram"), "tokenizer.model_type", c.tokenizer.model_type,
+         "must be 'bpe' or 'unigram'")
+  _check(c.tokenizer.vocab_size >= 300, "tokenizer.vocab_size", c.tokenizer.vocab_size,
+         "must be >= 300 (256 byte-fallback pieces + special tokens + some merges)")
+  _check(d.seq_len > 0, "data.seq_len", d.seq_len, "must be positive")
+  _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+  _check(d.chunk_chars > 0, "data.chunk_chars", d.chunk_chars, "must be positive")
+  if d.source != "stdlib":
+    _check(os.path.exists(d.source), "data.source", d.source, "is neither 'stdlib' nor an existing path")
+  _check(t.steps > 0, "train.steps", t.steps, "must be positive")
+  _check(t.lr > 0, "train.lr", t.lr, "must be positive")
+  _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+  _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
+  _check(d.batch_size % t.grad_accum == 0, "data.batch_size", d.batch_size,
+         f"must be divisible by train.grad_accum={t.grad_accum}")
+  for key in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
+    _check(t[key] > 0, f"train.{key}", t[key], "must be positive")
+  for key in ("data", "fsdp", "tensor"):
+    _check(c.mesh[key] == -1 or c.mesh[key] >= 1, f"mesh.{key}", c.mesh[key], "must be -1 or >= 1")
+  return c
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a config file path (what --config does, for Python callers and tests)."""
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location("_llm_jax_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """None if `dotted` (e.g. 'train.steps') names a config key, else a message naming it and near misses."""
+  node, seen = config, []
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, options, n=3)
+      prefix = ".".join(seen)
+      hint = f"; did you mean {', '.join(repr('.'.join(seen + [x])) for x in close)}?" if close else ""
+      where = f"section {prefix!r} has keys {sorted(options)}" if prefix else f"top-level keys are {sorted(options)}"
+      return f"unknown config key {dotted!r}{hint} ({where})"
+    node, seen = node[part], seen + [part]
+  return None
+
+
+def to_json(c: ml_collections.ConfigDict) -> str:
+  return json.dumps(c.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """Dotted keys whose values differ between two config dicts (tuples and lists compare equal)."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += diff(a, b, f"{prefix}{key}.")
+    elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+      out.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
+  return out

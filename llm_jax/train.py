@@ -1,0 +1,296 @@
+"""Entry point for every trainable stage.
+
+    python -m llm_jax.train --config configs/tiny.py [--config.train.steps=3 ...] [--workdir runs/tiny]
+
+Builds everything from the config and runs the loop for `config.stage`. The workdir (default
+`runs/<config file name>`) holds config.json, metrics.jsonl, tb/, tokenizer/, checkpoints/ and samples.txt.
+Rerunning on a workdir resumes from its latest checkpoint (or reports the run complete); a workdir whose
+saved config has another model, tokenizer or data source is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from llm_jax import config as config_lib
+from llm_jax import sharding
+from llm_jax import tokenizer as tokenizer_lib
+from llm_jax.data import pipeline, sources
+from llm_jax.eval import bpb
+from llm_jax.inference import sample
+from llm_jax.training import checkpoint, metrics as metrics_lib, optim
+from llm_jax.training import state as state_lib
+from llm_jax.training.step import make_eval_step, make_train_step, next_token_loss
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/NAME.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
+
+# Sections that must match between a workdir's saved config and the current one to resume.
+_RESUME_MUST_MATCH = ("model", "tokenizer", "data.source", "data.chunk_chars", "data.val_fraction", "seed")
+
+
+def _lookup(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    tree = tree.get(part, "<missing>") if isinstance(tree, dict) else "<missing>"
+  return tree
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict):
+  """Raises ConfigError if workdir/config.json describes an incompatible run."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  current = json.loads(config_lib.to_json(config))
+  problems = []
+  for key in _RESUME_MUST_MATCH:
+    was, now = _lookup(saved, key), _lookup(current, key)
+    if isinstance(was, dict) and isinstance(now, dict):
+      problems += config_lib.diff(was, now, key + ".")
+    elif was != now:
+      problems.append(f"{key}: saved {was!r}, now {now!r}")
+  if problems:
+    raise config_lib.ConfigError(
+        f"{path} belongs to a run with a different setup, so it cannot be resumed:\n  " + "\n  ".join(problems)
+        + "\nUse another --workdir, or restore those values.")
+
+
+def build_tokenizer(workdir: str, config, train_docs: list[dict]) -> tokenizer_lib.Tokenizer:
+  directory = os.path.join(workdir, "tokenizer")
+  if os.path.exists(os.path.join(directory, tokenizer_lib.MODEL_FILE)):
+    return tokenizer_lib.load(directory)
+  t0 = time.time()
+  tok = tokenizer_lib.train([d["text"] for d in train_docs], directory, vocab_size=config.tokenizer.vocab_size,
+                            model_type=config.tokenizer.model_type, max_chars=config.tokenizer.train_chars,
+                            seed=config.seed)
+  _print(f"trained a {tok.vocab_size}-token {config.tokenizer.model_type} tokenizer in {time.time() - t0:.1f}s "
+         f"-> {directory}")
+  return tok
+
+
+def _truncate_metrics(workdir: str, last_step: int):
+  """Drops logged entries past the checkpoint we resume from (all of them on a fresh start): those steps
+  are about to be redone, and each step must appear once."""
+  kept = [m for m in metrics_lib.read(workdir) if 0 < last_step and m["step"] <= last_step]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(m) + "\n" for m in kept)
+
+
+def _print(*args):
+  if jax.process_index() == 0:
+    tqdm.write(" ".join(str(a) for a in args))
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pretrains a decoder on config.data; returns the final summary (also printed)."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  check_resumable(workdir, config)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config_lib.to_json(config))
+  t_start = time.time()
+
+  docs = sources.load_documents(config.data.source)
+  train_docs, val_docs = sources.split(docs, config.data.val_fraction)
+  if not train_docs or not val_docs:
+    raise config_lib.ConfigError(f"data.source={config.data.source!r}: {len(train_docs)} training and "
+                                 f"{len(val_docs)} validation documents; need both (adjust data.val_fraction)")
+  order0 = bpb.order0_byte_entropy(d["text"] for d in val_docs)
+  tok = build_tokenizer(workdir, config, train_docs)
+  _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
+         f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
+
+  mesh = sharding.make_mesh(config.mesh)
+  process_count = jax.process_count()
+  if config.data.batch_size % process_count:
+    raise config_lib.ConfigError(f"data.batch_size={config.data.batch_size} must divide over {process_count} hosts")
+  host_batch = config.data.batch_size // process_count
+  train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok,
+                                    seq_len=config.data.seq_len, batch_size=host_batch, seed=config.seed,
+                                    process_index=jax.process_index(), process_count=process_count)
+  data_iter = iter(train_ds)
+  eval_data = pipeline.eval_batches(pipeline.pieces(val_docs, config.data.chunk_chars), tok,
+                                    seq_len=config.data.seq_len, batch_size=host_batch,
+                                    num_batches=config.train.eval_batches)
+
+  setup = state_lib.build(config, mesh)
+  model, model_cfg, tx, seq_len = setup.model, setup.model_config, setup.tx, config.data.seq_len
+  rng = jax.random.PRNGKey(config.seed)
+
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  start = mngr.latest_step() or 0
+  if start:
+    state = checkpoint.restore(mngr, setup.abstract_state, data_iter)
+    if start >= config.train.steps:
+      evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
+      last = evals[-1] if evals else {}
+      _print(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps}); last eval: "
+             f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
+      return {"step": start, "complete": True, **last}
+    _print(f"resuming from {workdir}/checkpoints/{start}")
+  else:
+    state = setup.init(rng)
+  _truncate_metrics(workdir, start)
+  n_params = model_cfg.num_params()
+  _print(f"model: {n_params / 1e6:.2f}M parameters, {model_cfg.n_layers} layers, d_model {model_cfg.d_model}; "
+         f"mesh {dict(mesh.shape)}; {config.train.steps} steps x {config.data.batch_size} x {seq_len} tokens")
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step = make_train_step(next_token_loss(model), tx, optim.schedule(config.train),
+                               grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
+                               batch_sharding=batch_sharding)
+  eval_step = make_eval_step(model, jax.numpy.asarray(tok.token_bytes()), params_sharding=setup.params_sharding,
+                             batch_sharding=batch_sharding)
+  writer = metrics_lib.Writer(workdir)
+  peak = metrics_lib.measure_peak_flops(config.model.dtype)
+  flops_per_step = model_cfg.flops_per_token(seq_len) * config.data.batch_size * seq_len
+  tokens_per_step = config.data.batch_size * seq_len
+
+  def evaluate(step: int) -> dict:
+    sums = {"nats": 0.0, "bytes": 0.0, "tokens": 0.0}
+    for b in eval_data:
+      out = jax.device_get(eval_step(state.params, sharding.host_batch_to_global(b, mesh)))
+      sums = {k: sums[k] + float(out[k]) for k in sums}
+    result = {"eval/loss": sums["nats"] / max(sums["tokens"], 1.0), "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]),
+              "eval/tokens": sums["tokens"], "eval/order0_bpb": order0}
+    writer.write(step, result)
+    return result
+
+  if start == 0:
+    first = evaluate(0)
+    _print(f"step 0: eval/loss {first['eval/loss']:.4f} eval/bpb {first['eval/bpb']:.4f}")
+
+  bar = tqdm(total=config.train.steps, initial=start, disable=not config.train.progress or jax.process_index() != 0,
+             desc="pretrain", unit="step", dynamic_ncols=True)
+  step, pending, last = start, None, {}
+  clock = None  # (time, step) the last throughput measurement ended at
+
+  def flush():
+    nonlocal pending, clock
+    if pending is None:
+      return
+    at, m = pending
+    pending = None
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    now = time.perf_counter()
+    if clock is not None and at > clock[1]:
+      dt = now - clock[0]
+      m["tokens_per_sec"] = (at - clock[1]) * tokens_per_step / dt
+      m["mfu"] = (at - clock[1]) * flops_per_step / dt / (peak * jax.device_count())
+    clock = (now, at)
+    m.pop("tokens")
+    writer.write(at, m)
+    last.update(m)
+    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_sec', 0):.0f}")
+
+  while step < config.train.steps:
+    batch = sharding.host_batch_to_global(next(data_iter), mesh)
+    state, step_metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
+    step += 1
+    flush()  # the previous logged step's metrics: the device is already busy with this one
+    if step % config.train.log_every == 0 or step == config.train.steps or step == start + 1:
+      pending = (step, step_metrics)
+    bar.update(1)
+    paused = False  # eval and checkpoint time must not count against throughput
+    if step % config.train.eval_every == 0 or step == config.train.steps:
+      flush()
+      result = evaluate(step)
+      last.update(result)
+      _print(f"step {step}: eval/loss {result['eval/loss']:.4f} eval/bpb {result['eval/bpb']:.4f}")
+      paused = True
+    if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+      flush()
+      checkpoint.save(mngr, step, state, data_iter, force=True)
+      paused = True
+    if paused:
+      clock = (time.perf_counter(), step)
+  flush()
+  bar.close()
+  mngr.wait_until_finished()
+  mngr.close()
+
+  samples = []
+  for temperature in (0.0, config.sample.temperature):
+    outs = sample.generate(model, state.params, tok, list(config.sample.prompts),
+                           max_new_tokens=min(config.sample.max_new_tokens, seq_len // 2),
+                           temperature=temperature, seed=config.seed)
+    samples += [(temperature, p, o) for p, o in zip(config.sample.prompts, outs)]
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
+      for temperature, prompt, out in samples:
+        f.write(f"--- temperature {temperature} | prompt {prompt!r}\n{prompt}{out}\n")
+    for temperature, prompt, out in samples:
+      _print(f"--- temperature {temperature} | prompt {prompt!r}\n{prompt}{out}")
+  writer.close()
+  evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
+  summary = {"step": step, "final_loss": last.get("loss"), "eval/bpb": evals[-1]["eval/bpb"] if evals else None,
+             "eval/bpb@0": evals[0]["eval/bpb"] if evals and evals[0]["step"] == 0 else None,
+             "order0_bpb": order0, "seconds": round(time.time() - t_start, 1)}
+  _print("summary: " + json.dumps(summary))
+  return summary
+
+
+STAGES = {"pretrain": pretrain}
+
+
+def _explain_flag_error(argv: list[str], error: Exception) -> str:
+  """Turns config_flags' KeyError/AttributeError tracebacks into one line naming the bad key."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if path is None:
+    return str(error)
+  try:
+    base = config_lib.load_file(path)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{path}: {type(e).__name__}: {e}"
+  for arg in argv:
+    if arg.startswith("--config.") and "=" in arg:
+      message = config_lib.unknown_key_message(base, arg[len("--config."):].split("=", 1)[0])
+      if message:
+        return message
+  return str(error)
+
+
+def _parse_flags(argv: list[str]):
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
+    print(f"error: {_explain_flag_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save/restore at INFO
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
+  config = _CONFIG.value
+  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  workdir = _WORKDIR.value or os.path.join("runs", name)
+  try:
+    if config.stage not in STAGES:
+      raise config_lib.ConfigError(f"config.stage={config.stage!r}: implemented stages are {sorted(STAGES)}")
+    STAGES[config.stage](config, workdir)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,78 @@
+"""The train state and the one pure train step: `step(state, batch, rng) -> (state, metrics)`.
+
+`make_train_step` closes over the model, optimizer and loss and returns the jitted step with in/out
+shardings and the state donated. Gradient accumulation is a `lax.scan` over micro-batches inside the
+step: per-micro-batch gradients of the *summed* loss are added up and divided once by the total number of
+target tokens, so accumulating A micro-batches gives the same update as one batch A times larger.
+
+A loss function has the signature `loss_fn(params, batch, rng) -> (sum_of_losses, num_tokens)`; the
+next-token loss for pretraining is `next_token_loss`; later stages plug in their own.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llm_jax.eval import bpb
+from llm_jax.training.state import TrainState
+
+Batch = dict
+
+
+def next_token_loss(model) -> Callable:
+  """Mean cross-entropy of `targets` given `inputs`, over tokens with segment id > 0 (not padding)."""
+  def loss_fn(params, batch: Batch, rng):
+    del rng  # pretraining uses no dropout
+    logits_BTV = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+    weights_BT = (batch["segment_ids"] > 0).astype(jnp.float32)
+    nats_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+    return jnp.sum(nats_BT * weights_BT), jnp.sum(weights_BT)
+  return loss_fn
+
+
+def _split_micro(batch: Batch, grad_accum: int) -> Batch:
+  return jax.tree_util.tree_map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Callable,
+               tx: optax.GradientTransformation, lr_fn: Callable, grad_accum: int = 1):
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def micro(carry, xs):
+    grads_sum, loss_sum, tokens_sum = carry
+    micro_batch, micro_rng = xs
+    (loss, tokens), grads = grad_fn(state.params, micro_batch, micro_rng)
+    return (jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss_sum + loss, tokens_sum + tokens), None
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  rngs = jax.random.split(rng, grad_accum)
+  (grads, loss_sum, tokens), _ = jax.lax.scan(
+      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (_split_micro(batch, grad_accum), rngs))
+  tokens = jnp.maximum(tokens, 1.0)
+  grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss_sum / tokens, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
+             "tokens": tokens}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_train_step(loss_fn: Callable, tx, lr_fn, *, grad_accum: int, state_sharding, batch_sharding):
+  step = functools.partial(train_step, loss_fn=loss_fn, tx=tx, lr_fn=lr_fn, grad_accum=grad_accum)
+  return jax.jit(step, in_shardings=(state_sharding, batch_sharding, None),
+                 out_shardings=(state_sharding, None), donate_argnums=0)
+
+
+def make_eval_step(model, token_bytes_V, *, params_sharding, batch_sharding):
+  """Jitted (params, batch) -> sums of {"nats", "bytes", "tokens"} over target tokens that stand for text."""
+  def eval_step(params, batch: Batch):
+    logits_BTV = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+    weights_BT = (batch["segment_ids"] > 0).astype(jnp.float32)
+    nats, num_bytes, tokens = bpb.token_nats_and_bytes(logits_BTV, batch["targets"], weights_BT, token_bytes_V)
+    return {"nats": nats, "bytes": num_bytes, "tokens": tokens}
+  return jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding))

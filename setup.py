@@ -1,0 +1,34 @@
+"""llm_jax: the whole life of a ChatGPT-like model in one small JAX/Flax codebase."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="llm_jax",
+    version="0.1.0",
+    description="Data cleaning, tokenizer, pretraining, inference, SFT and RL for LLMs in JAX/Flax, "
+                "from a CPU to a TPU pod.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llm_jax", "llm_jax.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "sentencepiece>=0.2",
+        "chex>=0.1.89",
+        "ml_collections>=1.0",
+        "absl-py",
+        "numpy",
+        "tqdm",
+        "tensorboardX",
+    ],
+    extras_require={
+        "tpu": ["jax[tpu]"],
+        "cuda": ["jax[cuda12]"],
+        "hf": ["safetensors", "transformers", "torch", "tiktoken"],
+        "dev": ["pytest>=8", "pytest-xdist"],
+    },
+)
