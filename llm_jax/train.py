@@ -153,68 +153,53 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = make_eval_step(model, jax.numpy.asarray(tok.token_bytes()), params_sharding=setup.params_sharding,
                              batch_sharding=batch_sharding)
   writer = metrics_lib.Writer(workdir)
-  peak = metrics_lib.measure_peak_flops(config.model.dtype)
-  flops_per_step = model_cfg.flops_per_token(seq_len) * config.data.batch_size * seq_len
-  tokens_per_step = config.data.batch_size * seq_len
+  throughput = metrics_lib.Throughput(
+      tokens_per_step=config.data.batch_size * seq_len,
+      flops_per_step=model_cfg.flops_per_token(seq_len) * config.data.batch_size * seq_len,
+      peak_flops=metrics_lib.measure_peak_flops(config.model.dtype) * jax.device_count())
 
   def evaluate(step: int) -> dict:
-    sums = {"nats": 0.0, "bytes": 0.0, "tokens": 0.0}
-    for b in eval_data:
-      out = jax.device_get(eval_step(state.params, sharding.host_batch_to_global(b, mesh)))
-      sums = {k: sums[k] + float(out[k]) for k in sums}
-    result = {"eval/loss": sums["nats"] / max(sums["tokens"], 1.0), "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]),
-              "eval/tokens": sums["tokens"], "eval/order0_bpb": order0}
+    result = {**evaluate_bpb(eval_step, state.params, eval_data, mesh), "eval/order0_bpb": order0}
     writer.write(step, result)
+    _print(f"step {step}: eval/loss {result['eval/loss']:.4f} eval/bpb {result['eval/bpb']:.4f}")
     return result
 
   if start == 0:
-    first = evaluate(0)
-    _print(f"step 0: eval/loss {first['eval/loss']:.4f} eval/bpb {first['eval/bpb']:.4f}")
+    evaluate(0)
 
   bar = tqdm(total=config.train.steps, initial=start, disable=not config.train.progress or jax.process_index() != 0,
              desc="pretrain", unit="step", dynamic_ncols=True)
   step, pending, last = start, None, {}
-  clock = None  # (time, step) the last throughput measurement ended at
 
   def flush():
-    nonlocal pending, clock
-    if pending is None:
-      return
-    at, m = pending
-    pending = None
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    now = time.perf_counter()
-    if clock is not None and at > clock[1]:
-      dt = now - clock[0]
-      m["tokens_per_sec"] = (at - clock[1]) * tokens_per_step / dt
-      m["mfu"] = (at - clock[1]) * flops_per_step / dt / (peak * jax.device_count())
-    clock = (now, at)
-    m.pop("tokens")
-    writer.write(at, m)
-    last.update(m)
-    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_sec', 0):.0f}")
+    """Writes the pending step's metrics; called once the device has moved on to a later step."""
+    nonlocal pending
+    if pending is not None:
+      at, m = pending
+      m = {k: float(v) for k, v in jax.device_get(m).items() if k != "tokens"}
+      m.update(throughput.measure(at))
+      writer.write(at, m)
+      last.update(m)
+      bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_sec', 0):.0f}")
+      pending = None
 
   while step < config.train.steps:
     batch = sharding.host_batch_to_global(next(data_iter), mesh)
     state, step_metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
     step += 1
-    flush()  # the previous logged step's metrics: the device is already busy with this one
+    flush()  # the previous logged step: by now the device is busy with this one
     if step % config.train.log_every == 0 or step == config.train.steps or step == start + 1:
-      pending = (step, step_metrics)
+      pending = (step, step_metrics)  # step start+1 is logged to start the throughput clock after compiling
     bar.update(1)
-    paused = False  # eval and checkpoint time must not count against throughput
-    if step % config.train.eval_every == 0 or step == config.train.steps:
+    do_eval = step % config.train.eval_every == 0 or step == config.train.steps
+    do_save = step % config.train.checkpoint_every == 0 or step == config.train.steps
+    if do_eval or do_save:
       flush()
-      result = evaluate(step)
-      last.update(result)
-      _print(f"step {step}: eval/loss {result['eval/loss']:.4f} eval/bpb {result['eval/bpb']:.4f}")
-      paused = True
-    if step % config.train.checkpoint_every == 0 or step == config.train.steps:
-      flush()
-      checkpoint.save(mngr, step, state, data_iter, force=True)
-      paused = True
-    if paused:
-      clock = (time.perf_counter(), step)
+      if do_eval:
+        last.update(evaluate(step))
+      if do_save:
+        checkpoint.save(mngr, step, state, data_iter, force=True)
+      throughput.restart(step)
   flush()
   bar.close()
   mngr.wait_until_finished()
@@ -239,6 +224,16 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "order0_bpb": order0, "seconds": round(time.time() - t_start, 1)}
   _print("summary: " + json.dumps(summary))
   return summary
+
+
+def evaluate_bpb(eval_step, params, batches: list[dict], mesh) -> dict:
+  """eval/loss (nats per token) and eval/bpb over fixed held-out batches."""
+  sums = {"nats": 0.0, "bytes": 0.0, "tokens": 0.0}
+  for batch in batches:
+    out = jax.device_get(eval_step(params, sharding.host_batch_to_global(batch, mesh)))
+    sums = {k: sums[k] + float(out[k]) for k in sums}
+  return {"eval/loss": sums["nats"] / max(sums["tokens"], 1.0), "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]),
+          "eval/tokens": sums["tokens"]}
 
 
 STAGES = {"pretrain": pretrain}

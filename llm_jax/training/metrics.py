@@ -34,6 +34,30 @@ def measure_peak_flops(dtype: str = "float32", n: int | None = None, repeats: in
   return 2 * n ** 3 / best
 
 
+class Throughput:
+  """tokens/s and MFU over the steps since the last measurement.
+
+  `restart(step)` after pauses that are not training (evaluation, checkpoint saves, compilation), so they
+  do not count against throughput. Measurements happen when a step's metrics reach the host, i.e. when
+  that step has finished on the device.
+  """
+
+  def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float):
+    self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
+    self.last = None  # (time, step)
+
+  def restart(self, step: int):
+    self.last = (time.perf_counter(), step)
+
+  def measure(self, step: int) -> dict:
+    now, last, self.last = time.perf_counter(), self.last, (time.perf_counter(), step)
+    if last is None or step <= last[1]:
+      return {}
+    steps_per_sec = (step - last[1]) / (now - last[0])
+    return {"tokens_per_sec": steps_per_sec * self.tokens_per_step,
+            "mfu": steps_per_sec * self.flops_per_step / self.peak_flops}
+
+
 class Writer:
   """Appends metrics to metrics.jsonl and TensorBoard (only on process 0)."""
 
