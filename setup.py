@@ -29,6 +29,6 @@ setup(
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
         "hf": ["safetensors", "transformers", "torch", "tiktoken"],
-        "dev": ["pytest>=8", "pytest-xdist"],
+        "dev": ["pytest>=8", "pytest-xdist", "matplotlib"],
     },
 )
