@@ -28,7 +28,11 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
-        "hf": ["safetensors", "transformers", "torch", "tiktoken"],
-        "dev": ["pytest>=8", "pytest-xdist", "matplotlib"],
+        # Hugging Face interop: safetensors for weights; tiktoken / tokenizers for Llama-3 and tokenizer.json files;
+        # transformers + torch only to check parity against the reference implementations.
+        "hf": ["safetensors>=0.4", "tiktoken", "tokenizers", "transformers>=5,<6", "torch"],
+        # The tests include HF logit parity; torch is pinned to the CPU build these machines carry.
+        "dev": ["pytest>=8", "pytest-xdist", "matplotlib", "safetensors>=0.4", "tiktoken", "tokenizers",
+                "transformers>=5,<6", "torch==2.13.0"],
     },
 )

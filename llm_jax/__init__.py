@@ -23,9 +23,5 @@ def load(workdir: str, step: int | None = None):
     config = ml_collections.ConfigDict(json.load(f))
   # Parameters are restored replicated over this machine's devices, whatever mesh trained them.
   setup = state.build(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
-  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-  if mngr.latest_step() is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-  restored = checkpoint.restore(mngr, setup.abstract_state, step=step)
-  mngr.close()
-  return config, restored.params, tokenizer.load(os.path.join(workdir, "tokenizer"))
+  params = checkpoint.restore_params(workdir, setup.abstract_state.params, step)
+  return config, params, tokenizer.load(os.path.join(workdir, "tokenizer"))

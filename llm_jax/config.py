@@ -14,12 +14,15 @@ that names a key which does not exist fails at once, naming the key. `validate(c
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import json
 import os
 
 import ml_collections
+
+from llm_jax.model.config import ModelConfig
 
 STAGES = ("pretrain",)  # later stages (sft, reward, dpo, ppo, grpo, distill) add themselves here
 DTYPES = ("float32", "bfloat16", "float16")
@@ -33,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "pretrain"
   c.seed = 0
+  # A workdir of an earlier run (its latest params) or a Hugging Face model directory (config.json +
+  # safetensors) whose weights start this run; its tokenizer is used too. "" trains from scratch.
+  c.init_from = ""
 
   # Data. `source="stdlib"` is the built-in corpus (CPython's own docs and sources); any other value is a
   # path to a directory or file of .txt / .jsonl (field "text") documents.
@@ -48,21 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.vocab_size = 4096
   c.tokenizer.train_chars = 3_000_000  # characters of training text sampled to train the tokenizer
 
-  c.model = ml_collections.ConfigDict()
+  # Every ModelConfig field (llm_jax/model/config.py documents them); presets: llm_jax/model/presets.py.
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
   c.model.vocab_size = c.tokenizer.get_ref("vocab_size")
-  c.model.d_model = 256
-  c.model.n_layers = 4
-  c.model.n_heads = 4
-  c.model.n_kv_heads = 2
-  c.model.head_dim = 64
-  c.model.d_ff = 768
-  c.model.rope_theta = 10000.0
-  c.model.norm_eps = 1e-5
-  c.model.max_seq_len = c.data.get_ref("seq_len")
-  c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU
-  c.model.param_dtype = "float32"  # storage dtype of the parameters
-  c.model.scan_layers = True  # one compiled layer body scanned over depth (fast compiles)
-  c.model.remat = "none"  # "none" | "full": recompute activations in the backward pass
+  c.model.max_seq_len = -1  # longest sequence the model supports; -1: data.seq_len (see model_config)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -105,15 +100,16 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks values; raises ConfigError naming the first bad key."""
   _check(c.stage in STAGES, "stage", c.stage, f"must be one of {STAGES}")
   m, t, d = c.model, c.train, c.data
-  for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_seq_len"):
+  for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size"):
     _check(m[key] > 0, f"model.{key}", m[key], "must be positive")
-  _check(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads", m.n_kv_heads,
-         f"must divide model.n_heads={m.n_heads}")
-  _check(m.head_dim % 2 == 0, "model.head_dim", m.head_dim, "must be even (RoPE rotates pairs)")
+  try:
+    model_config(c)
+  except ValueError as e:  # ModelConfig checks its own switches and names the field
+    raise ConfigError(f"config.{e}") from None
   _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"must be one of {DTYPES}")
   _check(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype, f"must be one of {DTYPES}")
-  _check(m.remat in ("none", "full"), "model.remat", m.remat, "must be 'none' or 'full'")
-  _check(m.max_seq_len >= d.seq_len, "model.max_seq_len", m.max_seq_len, f"must be >= data.seq_len={d.seq_len}")
+  _check(m.max_seq_len == -1 or m.max_seq_len >= d.seq_len, "model.max_seq_len", m.max_seq_len,
+         f"must be -1 or >= data.seq_len={d.seq_len}")
   _check(m.vocab_size == c.tokenizer.vocab_size, "model.vocab_size", m.vocab_size,
          f"must equal tokenizer.vocab_size={c.tokenizer.vocab_size}")
   _check(c.tokenizer.model_type in ("bpe", "unigram"), "tokenizer.model_type", c.tokenizer.model_type,
@@ -123,6 +119,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(d.seq_len > 0, "data.seq_len", d.seq_len, "must be positive")
   _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
   _check(d.chunk_chars > 0, "data.chunk_chars", d.chunk_chars, "must be positive")
+  _check(not c.init_from or os.path.isdir(c.init_from), "init_from", c.init_from, "is not a directory")
   if d.source != "stdlib":
     _check(os.path.exists(d.source), "data.source", d.source, "is neither 'stdlib' nor an existing path")
   _check(t.steps > 0, "train.steps", t.steps, "must be positive")
@@ -136,6 +133,14 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in ("data", "fsdp", "tensor"):
     _check(c.mesh[key] == -1 or c.mesh[key] >= 1, f"mesh.{key}", c.mesh[key], "must be -1 or >= 1")
   return c
+
+
+def model_config(c) -> ModelConfig:
+  """The ModelConfig of a full config (a ConfigDict or the dict of a saved config.json)."""
+  fields = dict(c["model"])
+  if fields.get("max_seq_len", -1) == -1:
+    fields["max_seq_len"] = c["data"]["seq_len"]
+  return ModelConfig.from_config(fields)
 
 
 def load_file(path: str) -> ml_collections.ConfigDict:

@@ -7,7 +7,8 @@ from absl import app, flags
 
 import llm_jax
 from llm_jax.inference import sample
-from llm_jax.model import ModelConfig, Transformer
+from llm_jax import config as config_lib
+from llm_jax.model import Transformer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", ["def "], "Prompt(s); repeat the flag for a batch.")
@@ -19,7 +20,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 def main(argv):
   del argv
   config, params, tok = llm_jax.load(_WORKDIR.value)
-  model = Transformer(ModelConfig.from_config(config.model))
+  model = Transformer(config_lib.model_config(config))
   outs = sample.generate(model, params, tok, _PROMPT.value, max_new_tokens=_MAX_NEW.value,
                          temperature=_TEMPERATURE.value, seed=_SEED.value)
   for prompt, out in zip(_PROMPT.value, outs):

@@ -10,6 +10,7 @@ saved config has another model, tokenizer or data source is refused rather than 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -67,9 +68,15 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
 
 
 def build_tokenizer(workdir: str, config, train_docs: list[dict]) -> tokenizer_lib.Tokenizer:
+  """The workdir's tokenizer; else init_from's (copied in); else one trained on the training documents."""
   directory = os.path.join(workdir, "tokenizer")
-  if os.path.exists(os.path.join(directory, tokenizer_lib.MODEL_FILE)):
+  if os.path.isdir(directory) and os.listdir(directory):
     return tokenizer_lib.load(directory)
+  if config.init_from:
+    source = os.path.join(config.init_from, "tokenizer")
+    tok = tokenizer_lib.load(source if os.path.isdir(source) else config.init_from)
+    tok.save(directory)
+    return tok
   t0 = time.time()
   tok = tokenizer_lib.train([d["text"] for d in train_docs], directory, vocab_size=config.tokenizer.vocab_size,
                             model_type=config.tokenizer.model_type, max_chars=config.tokenizer.train_chars,
@@ -77,6 +84,43 @@ def build_tokenizer(workdir: str, config, train_docs: list[dict]) -> tokenizer_l
   _print(f"trained a {tok.vocab_size}-token {config.tokenizer.model_type} tokenizer in {time.time() - t0:.1f}s "
          f"-> {directory}")
   return tok
+
+
+# ModelConfig fields that may differ from the source's in init_from: numerics and memory, not the function.
+_FREE_FIELDS = ("dtype", "param_dtype", "remat", "max_seq_len")
+
+
+def init_params(source: str, setup: state_lib.Setup):
+  """Parameters from an llm_jax workdir or a Hugging Face model directory.
+
+  Every field of this run's ModelConfig that defines the function (shapes, positions, RoPE scaling, norms,
+  eps ...) must equal the source's, so a run cannot silently change the model it starts from; the check
+  reads only config files, before any weight is loaded.
+  """
+  ours = setup.model_config
+  if os.path.isdir(os.path.join(source, "checkpoints")):
+    with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+      theirs = config_lib.model_config(json.load(f))
+  else:
+    from llm_jax import convert  # pylint: disable=import-outside-toplevel
+    theirs, _ = convert.read_config(source)
+  free = _FREE_FIELDS if ours.positions != "learned" else _FREE_FIELDS[:-1]  # a learned table has a length
+  mismatched = [f"model.{f.name}: {source} has {getattr(theirs, f.name)!r}, this config {getattr(ours, f.name)!r}"
+                for f in dataclasses.fields(ours) if f.name not in free
+                and f.name != "scan_layers" and getattr(theirs, f.name) != getattr(ours, f.name)]
+  if mismatched:
+    raise config_lib.ConfigError("init_from: the model differs from its source (set these fields, or use "
+                                 "llm_jax.model.presets):\n  " + "\n  ".join(mismatched))
+  if os.path.isdir(os.path.join(source, "checkpoints")):
+    if theirs.scan_layers != ours.scan_layers:
+      raise config_lib.ConfigError(f"init_from: model.scan_layers={ours.scan_layers} but {source} was saved with "
+                                   f"{theirs.scan_layers}")
+    return checkpoint.restore_params(source, setup.abstract_state.params)
+  _, hf_params = convert.from_hf(source)  # scan_layers=True layout
+  if not ours.scan_layers:
+    raise config_lib.ConfigError("init_from a Hugging Face directory needs model.scan_layers=True")
+  return jax.tree.map(lambda x, a: jax.device_put(x.astype(a.dtype), a.sharding), hf_params,
+                      setup.abstract_state.params)
 
 
 def _truncate_metrics(workdir: str, last_step: int):
@@ -108,6 +152,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  f"{len(val_docs)} validation documents; need both (adjust data.val_fraction)")
   order0 = bpb.order0_byte_entropy(d["text"] for d in val_docs)
   tok = build_tokenizer(workdir, config, train_docs)
+  if tok.vocab_size > config.model.vocab_size:
+    raise config_lib.ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                                 f"{tok.vocab_size} tokens ({os.path.join(workdir, 'tokenizer')})")
   _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
          f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
 
@@ -139,6 +186,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
              f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
       return {"step": start, "complete": True, **last}
     _print(f"resuming from {workdir}/checkpoints/{start}")
+  elif config.init_from:
+    params = init_params(config.init_from, setup)
+    state = jax.jit(lambda p, r: state_lib.TrainState.create(p, tx, r), out_shardings=setup.state_sharding,
+                    donate_argnums=0)(params, rng)
+    _print(f"initialised from {config.init_from}")
   else:
     state = setup.init(rng)
   _truncate_metrics(workdir, start)
@@ -206,7 +258,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr.close()
 
   samples = []
-  for temperature in (0.0, config.sample.temperature):
+  for temperature in (0.0, config.sample.temperature) if config.sample.prompts else ():
     outs = sample.generate(model, state.params, tok, list(config.sample.prompts),
                            max_new_tokens=min(config.sample.max_new_tokens, seq_len // 2),
                            temperature=temperature, seed=config.seed)

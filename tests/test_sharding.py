@@ -33,8 +33,8 @@ def test_parameters_are_created_sharded_by_logical_axes():
       mesh = sharding.make_mesh(config.mesh)
       setup = state.build(config, mesh)
       s = setup.init(jax.random.PRNGKey(0))
-      q = s.params["layers"]["block"]["attn"]["q"]["kernel"]
-      mu = s.opt_state[1][0].mu["layers"]["block"]["attn"]["q"]["kernel"]
+      q = s.params["layers"]["block_0"]["attn"]["q"]["kernel"]
+      mu = s.opt_state[1][0].mu["layers"]["block_0"]["attn"]["q"]["kernel"]
       print("Q", q.shape, q.sharding.spec, q.addressable_shards[0].data.shape)
       print("MU", mu.sharding.spec)
       print("EMBED", s.params["embed"]["embedding"].sharding.spec)

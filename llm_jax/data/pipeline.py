@@ -32,12 +32,22 @@ def pieces(docs: list[dict], chunk_chars: int) -> list[str]:
   return [p for doc in docs for p in sources.chunk(doc["text"], chunk_chars)]
 
 
+def start_ids(tokenizer) -> list[int]:
+  """What every document starts with: bos; tokenizers without one (e.g. GPT-2's) use eos as the separator."""
+  start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+  if start is None:
+    raise ValueError("the tokenizer names neither a bos nor an eos token (for a Hugging Face tokenizer.json, "
+                     "add bos_token to its tokenizer_config.json)")
+  return [start]
+
+
 class _Tokenize(grain.transforms.Map):
   def __init__(self, tokenizer):
     self.tokenizer = tokenizer
+    self.start = start_ids(tokenizer)
 
   def map(self, text: str) -> dict:
-    ids = np.asarray([self.tokenizer.bos_id] + self.tokenizer.encode(text), np.int32)
+    ids = np.asarray(self.start + self.tokenizer.encode(text), np.int32)
     return {"inputs": ids[:-1], "targets": ids[1:]}
 
 

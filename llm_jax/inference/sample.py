@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax.data import pipeline
+
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _sample(model, params, tokens_BL, lengths_B, rng, temperature, max_new_tokens: int):
@@ -34,13 +36,14 @@ def _sample(model, params, tokens_BL, lengths_B, rng, temperature, max_new_token
 def generate(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
              seed: int = 0, max_len: int | None = None) -> list[str]:
   """Continuations (text after each prompt) of `prompts`; each prompt starts with BOS, like training pieces."""
-  encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+  encoded = [pipeline.start_ids(tokenizer) + tokenizer.encode(p) for p in prompts]
   max_len = max_len or model.cfg.max_seq_len
   longest = max(len(e) for e in encoded)
   if longest + max_new_tokens > max_len:
     raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
                      f"max_seq_len={max_len}")
-  buffer = np.full((len(prompts), longest + max_new_tokens), tokenizer.pad_id, np.int32)
+  # Slots past a row's length are never read before they are written (causal), so any filler id works.
+  buffer = np.zeros((len(prompts), longest + max_new_tokens), np.int32)
   for row, ids in enumerate(encoded):
     buffer[row, :len(ids)] = ids
   lengths = np.array([len(e) for e in encoded], np.int32)

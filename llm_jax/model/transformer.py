@@ -1,28 +1,38 @@
-"""The Llama-style decoder: embedding -> n_layers x Block -> RMSNorm -> untied output head.
+"""The decoder: embedding (+ positions) -> n_layers blocks -> final norm -> output head.
 
 Pure and functional: `logits = Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids)`.
-With `scan_layers` the layer stack is one `nn.scan` (parameters stacked on a leading `layers` axis), so
-compile time does not grow with depth; `remat="full"` recomputes each block in the backward pass.
+With `scan_layers` the stack is one `nn.scan` over repeats of `layer_pattern` (parameters stacked on a
+leading `layers` axis), so compile time does not grow with depth. `remat` recomputes each block in the
+backward pass: "full" saves nothing inside a block, "dots" saves matmul outputs only.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from llm_jax.model.layers import Block, ModelConfig, RMSNorm, _init, attention_mask
+from llm_jax.model.config import ModelConfig
+from llm_jax.model.layers import Block, Norm, init, sinusoidal
 
-
-class _ScannedBlock(nn.Module):
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, x_BTD, positions_BT, mask):
-    return _block_cls(self.cfg)(self.cfg, name="block")(x_BTD, positions_BT, mask), None
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _block_cls(cfg: ModelConfig):
-  return nn.remat(Block, prevent_cse=not cfg.scan_layers) if cfg.remat == "full" else Block
+  if cfg.remat == "none":
+    return Block
+  return nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+class _PatternGroup(nn.Module):
+  """One repeat of layer_pattern (e.g. "AC" = attention block then conv block): the body of the scan."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    for i, kind in enumerate(self.cfg.layer_pattern):
+      x_BTD = _block_cls(self.cfg)(self.cfg, kind, name=f"block_{i}")(x_BTD, positions_BT, segment_ids_BT)
+    return x_BTD, None
 
 
 class Transformer(nn.Module):
@@ -32,32 +42,40 @@ class Transformer(nn.Module):
   def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
     """Next-token logits [B, T, vocab] in float32.
 
-    positions default to 0..T-1; segment_ids (0 = padding) default to one segment per row. Attention is
-    causal and never crosses segments.
+    positions default to 0..T-1; segment_ids (0 = padding) default to one segment per row. Attention (and
+    the conv mixer) is causal and never crosses segments.
     """
     c = self.cfg
+    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
     if segment_ids_BT is None:
       segment_ids_BT = jnp.ones_like(tokens_BT)
-    mask = attention_mask(segment_ids_BT)
 
-    embed = nn.Embed(c.vocab_size, c.d_model, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
-                     embedding_init=_init(1.0, ("vocab", "embed")), name="embed")
-    x_BTD = nn.with_logical_constraint(embed(tokens_BT), ("batch", "length", "embed"))
+    embed = nn.Embed(c.vocab_size, c.d_model, dtype=dtype, param_dtype=pdtype,
+                     embedding_init=init(0.02 if c.tie_embeddings else 1.0, ("vocab", "embed")), name="embed")
+    x_BTD = embed(tokens_BT)
+    if c.positions == "learned":
+      x_BTD = x_BTD + nn.Embed(c.max_seq_len, c.d_model, dtype=dtype, param_dtype=pdtype,
+                               embedding_init=init(0.01, (None, "embed")), name="pos_embed")(positions_BT)
+    elif c.positions == "sinusoidal":
+      x_BTD = x_BTD + sinusoidal(positions_BT, c.d_model).astype(dtype)
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
     if c.scan_layers:
-      stack = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=c.n_layers,
+      stack = nn.scan(_PatternGroup, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=c.n_layers // len(c.layer_pattern),
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BTD, _ = stack(c, name="layers")(x_BTD, positions_BT, mask)
+      x_BTD, _ = stack(c, name="layers")(x_BTD, positions_BT, segment_ids_BT)
     else:
-      for i in range(c.n_layers):
-        x_BTD = _block_cls(c)(c, name=f"layer_{i}")(x_BTD, positions_BT, mask)
+      for i, kind in enumerate(c.block_kinds):
+        x_BTD = _block_cls(c)(c, kind, name=f"layer_{i}")(x_BTD, positions_BT, segment_ids_BT)
 
-    x_BTD = RMSNorm(c.norm_eps, jnp.dtype(c.dtype), jnp.dtype(c.param_dtype), name="final_norm")(x_BTD)
-    logits_BTV = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.dtype(c.dtype),
-                          param_dtype=jnp.dtype(c.param_dtype), kernel_init=_init(c.d_model ** -0.5 / 4,
-                                                                                   ("embed", "vocab")),
-                          name="head")(x_BTD)
+    if c.norm_position == "pre":  # post-norm blocks already end in a norm
+      x_BTD = Norm(c, name="final_norm")(x_BTD)
+    if c.tie_embeddings:
+      logits_BTV = embed.attend(x_BTD)
+    else:
+      logits_BTV = nn.Dense(c.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                            kernel_init=init(c.d_model ** -0.5 / 4, ("embed", "vocab")), name="head")(x_BTD)
     return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))

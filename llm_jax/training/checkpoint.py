@@ -1,8 +1,10 @@
-"""Checkpoints with orbax: the train state (params, optimizer state, step, rng) and the data iterator.
+"""Checkpoints with orbax: parameters, the rest of the train state, and the data iterator.
 
-`workdir/checkpoints/<step>/{state,data}`. Saves are asynchronous (training goes on while arrays are
-written) and atomic (a run killed mid-save leaves a temporary directory that the next start ignores and
-cleans up), so the latest finished step is always a consistent pair of train state and iterator state.
+`workdir/checkpoints/<step>/{params,train,data}`: `params` alone is what inference, `llm_jax.load` and a
+later stage's `init_from` read (a converted Hugging Face model is a workdir holding only `params`); `train`
+holds the optimizer state, step and rng; `data` the grain iterator's position. Saves are asynchronous
+(training goes on while arrays are written) and atomic (a run killed mid-save leaves a temporary directory
+that the next start ignores and cleans up), so the latest finished step is always a consistent set.
 """
 
 from __future__ import annotations
@@ -13,25 +15,50 @@ import grain
 import orbax.checkpoint as ocp
 
 
-def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-      item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+      item_handlers={"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler()})
+
+
+def _train_part(state) -> dict:
+  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, force: bool = False) -> bool:
-  args = {"state": ocp.args.StandardSave(state)}
+  args = {"params": ocp.args.StandardSave(state.params), "train": ocp.args.StandardSave(_train_part(state))}
   if data_iterator is not None:
     args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
   return mngr.save(step, args=ocp.args.Composite(**args), force=force)
 
 
+def save_params(workdir: str, params, step: int = 0):
+  """Writes a params-only checkpoint (e.g. converted weights) that `restore_params` and init_from read."""
+  mngr = manager(workdir)
+  mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+
+
 def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, step: int | None = None):
-  """Restores the train state (sharded like `abstract_state`) and, if given, the iterator's position."""
+  """Restores the full train state (sharded like `abstract_state`) and, if given, the iterator's position."""
   step = mngr.latest_step() if step is None else step
-  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  args = {"params": ocp.args.StandardRestore(abstract_state.params),
+          "train": ocp.args.StandardRestore(_train_part(abstract_state))}
   if data_iterator is not None:
     args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = mngr.restore(step, args=ocp.args.Composite(**args))
-  return restored["state"]
+  return abstract_state.replace(params=restored["params"], **restored["train"])
+
+
+def restore_params(workdir: str, abstract_params, step: int | None = None):
+  """Only the parameters of a workdir's latest (or given) checkpoint, sharded like `abstract_params`."""
+  mngr = manager(workdir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, 'checkpoints')} holds no checkpoint")
+  params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))["params"]
+  mngr.close()
+  return params

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llm_jax import sharding
+from llm_jax import config as config_lib, sharding
 from llm_jax.model import ModelConfig, Transformer
 from llm_jax.training import optim
 
@@ -44,7 +44,7 @@ class Setup:
 
 
 def build(config, mesh) -> Setup:
-  model_config = ModelConfig.from_config(config.model)
+  model_config = config_lib.model_config(config)
   model = Transformer(model_config)
   tx = optim.make(config.train)
   dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
