@@ -77,6 +77,8 @@ def main():
   for name, by_lr in results.items():
     ax.plot(LRS, [min(by_lr[lr]["eval/bpb"], 6.0) for lr in LRS], "o-", label=name)
   ax.set(xscale="log", xlabel="peak learning rate", ylabel="final eval bits per byte (capped at 6)")
+  ax.set_xticks(LRS, [f"{lr:g}" for lr in LRS])
+  ax.minorticks_off()
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(here, "normalization.png"), dpi=100)

@@ -104,10 +104,10 @@ def init_params(source: str, setup: state_lib.Setup):
   else:
     from llm_jax import convert  # pylint: disable=import-outside-toplevel
     theirs, _ = convert.read_config(source)
-  free = _FREE_FIELDS if ours.positions != "learned" else _FREE_FIELDS[:-1]  # a learned table has a length
+  free = set(_FREE_FIELDS) - ({"max_seq_len"} if ours.positions == "learned" else set())  # a table has a length
   mismatched = [f"model.{f.name}: {source} has {getattr(theirs, f.name)!r}, this config {getattr(ours, f.name)!r}"
-                for f in dataclasses.fields(ours) if f.name not in free
-                and f.name != "scan_layers" and getattr(theirs, f.name) != getattr(ours, f.name)]
+                for f in dataclasses.fields(ours) if f.name not in free | {"scan_layers"}  # checked below
+                and getattr(theirs, f.name) != getattr(ours, f.name)]
   if mismatched:
     raise config_lib.ConfigError("init_from: the model differs from its source (set these fields, or use "
                                  "llm_jax.model.presets):\n  " + "\n  ".join(mismatched))
@@ -116,9 +116,9 @@ def init_params(source: str, setup: state_lib.Setup):
       raise config_lib.ConfigError(f"init_from: model.scan_layers={ours.scan_layers} but {source} was saved with "
                                    f"{theirs.scan_layers}")
     return checkpoint.restore_params(source, setup.abstract_state.params)
-  _, hf_params = convert.from_hf(source)  # scan_layers=True layout
   if not ours.scan_layers:
     raise config_lib.ConfigError("init_from a Hugging Face directory needs model.scan_layers=True")
+  _, hf_params = convert.from_hf(source)  # scan_layers=True layout
   return jax.tree.map(lambda x, a: jax.device_put(x.astype(a.dtype), a.sharding), hf_params,
                       setup.abstract_state.params)
 
