@@ -88,6 +88,18 @@ def write_table(path: str, title: str, header: list[str], rows: list[list], note
   print("\n".join(lines))
 
 
+def pyplot():
+  """matplotlib.pyplot with a file-only backend, or None (and a hint) when matplotlib is not installed."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print("matplotlib is not installed (pip install -e '.[dev]'): skipped the plot")
+    return None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
 def save_json(path: str, obj):
   with open(path, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=1)

@@ -67,11 +67,8 @@ def main():
        f"6 layers, d_model 128, {args.steps} steps x 16 x 128 tokens, warmup {max(1, args.steps // 20)} steps, "
        "AdamW (b2 0.95, clip 1.0), cosine decay. "
        f"Command: `python experiments/normalization.py --steps {args.steps}` (2-core CPU)."])
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
+  plt = common.pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for name, by_lr in results.items():

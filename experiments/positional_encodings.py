@@ -56,11 +56,8 @@ def main():
       ["positions", "params", f"eval bpb @ {seq_len}", f"eval bpb @ {2 * seq_len}", "2x - 1x", "train s"], rows,
       [f"{args.steps} steps x 16 x {seq_len} tokens each; same tokenizer, data order and seed. "
        f"Command: `python experiments/positional_encodings.py --steps {args.steps}` (2-core CPU)."])
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
+  plt = common.pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(7, 3.5))
   names = list(results)

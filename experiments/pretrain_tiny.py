@@ -13,10 +13,8 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from llm_jax.training import metrics as metrics_lib  # noqa: E402
+import common
+from common import ROOT, metrics_lib
 
 
 def main():
@@ -48,13 +46,8 @@ def main():
     lines += [f.read().rstrip(), "```", ""]
   with open(args.out + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    print("matplotlib not installed (pip install -e '.[dev]'): skipped the plot")
-  else:
+  plt = common.pyplot()
+  if plt is not None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ax[0].plot([m["step"] for m in train], [m["loss"] for m in train])
     ax[0].set(xlabel="step", ylabel="train loss (nats/token)")
