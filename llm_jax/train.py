@@ -177,14 +177,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   start = mngr.latest_step() or 0
+  if start >= config.train.steps:  # nothing to do: report, without restoring any arrays
+    evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
+    last = evals[-1] if evals else {}
+    _print(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps}); last eval: "
+           f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
+    mngr.close()
+    return {"step": start, "complete": True, **last}
   if start:
     state = checkpoint.restore(mngr, setup.abstract_state, data_iter)
-    if start >= config.train.steps:
-      evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
-      last = evals[-1] if evals else {}
-      _print(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps}); last eval: "
-             f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
-      return {"step": start, "complete": True, **last}
     _print(f"resuming from {workdir}/checkpoints/{start}")
   elif config.init_from:
     params = init_params(config.init_from, setup)
