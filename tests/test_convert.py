@@ -84,20 +84,21 @@ def ids():
   return np.random.RandomState(0).randint(0, 256, (4, SEQ))
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-  model = _hf_model(transformers.LlamaForCausalLM, transformers.LlamaConfig, LLAMA, seed=1)
-  path = tmp_path_factory.mktemp("llama")
+def _saved(tmp_path_factory, name, model):
+  path = tmp_path_factory.mktemp(name)
   model.save_pretrained(path)
   return model, str(path)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+  return _saved(tmp_path_factory, "llama",
+                _hf_model(transformers.LlamaForCausalLM, transformers.LlamaConfig, LLAMA, seed=1))
 
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-  model = _hf_model(transformers.GPT2LMHeadModel, transformers.GPT2Config, GPT2, seed=2)
-  path = tmp_path_factory.mktemp("gpt2")
-  model.save_pretrained(path)
-  return model, str(path)
+  return _saved(tmp_path_factory, "gpt2", _hf_model(transformers.GPT2LMHeadModel, transformers.GPT2Config, GPT2, seed=2))
 
 
 def test_llama_logits_match_transformers(llama, ids):

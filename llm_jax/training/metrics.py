@@ -50,7 +50,8 @@ class Throughput:
     self.last = (time.perf_counter(), step)
 
   def measure(self, step: int) -> dict:
-    now, last, self.last = time.perf_counter(), self.last, (time.perf_counter(), step)
+    now = time.perf_counter()
+    last, self.last = self.last, (now, step)
     if last is None or step <= last[1]:
       return {}
     steps_per_sec = (step - last[1]) / (now - last[0])
