@@ -77,10 +77,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.progress = True  # tqdm bar
 
+  # Device mesh (llm_jax/sharding.py): batch rows over data x fsdp, parameters over fsdp (ZeRO-3 style),
+  # heads / mlp / vocab over tensor, the layer stack over stage (pipeline parallelism, needs
+  # model.scan_layers). One axis may be -1: all devices not used by the others.
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1: all devices not used by the other axes
+  c.mesh.data = -1
+  c.mesh.stage = 1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Pipeline micro-batches per (grad-accumulation) micro-batch when mesh.stage > 1; the idle "bubble" is
+  # (stage - 1) / (microbatches + stage - 1) of the step. -1: 2 x stage.
+  c.mesh.microbatches = -1
+
+  # Multi-host runs (jax.distributed). Empty / -1 values come from the environment variables
+  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; with one process nothing is initialised.
+  # auto=True calls jax.distributed.initialize() with no arguments (Cloud TPU, SLURM, Open MPI, k8s
+  # detect everything themselves).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.auto = False
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
 
   c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ("def ", "import os\n", "The ", "class ")
@@ -130,8 +147,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"must be divisible by train.grad_accum={t.grad_accum}")
   for key in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
     _check(t[key] > 0, f"train.{key}", t[key], "must be positive")
-  for key in ("data", "fsdp", "tensor"):
+  for key in ("data", "stage", "fsdp", "tensor"):
     _check(c.mesh[key] == -1 or c.mesh[key] >= 1, f"mesh.{key}", c.mesh[key], "must be -1 or >= 1")
+  _check(c.mesh.microbatches == -1 or c.mesh.microbatches >= 1, "mesh.microbatches", c.mesh.microbatches,
+         "must be -1 or >= 1")
   return c
 
 

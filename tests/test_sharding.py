@@ -41,9 +41,9 @@ def test_parameters_are_created_sharded_by_logical_axes():
       print("STEP", s.step.sharding.spec)
   """)
   out = _run([sys.executable, "-c", script], devices=8)
-  # q kernel [layers, embed, heads, head_dim]: embed over fsdp, heads over tensor.
-  assert "Q (2, 32, 4, 8) P(None, 'fsdp', 'tensor', None) (2, 16, 2, 8)" in out
-  assert "MU P(None, 'fsdp', 'tensor', None)" in out  # Adam moments follow their parameter
+  # q kernel [layers, embed, heads, head_dim]: layers over stage (size 1 here), embed over fsdp, heads over tensor.
+  assert "Q (2, 32, 4, 8) P('stage', 'fsdp', 'tensor', None) (2, 16, 2, 8)" in out
+  assert "MU P('stage', 'fsdp', 'tensor', None)" in out  # Adam moments follow their parameter
   assert "EMBED P('tensor', 'fsdp')" in out
   assert "STEP P()" in out
 

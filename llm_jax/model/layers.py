@@ -33,6 +33,29 @@ def dense(cfg: ModelConfig, features: int, std: float, axes: tuple, name: str, u
                   kernel_init=init(std, axes), bias_init=_zeros(axes[-1:]), name=name)
 
 
+class Projection(nn.Module):
+  """x @ kernel (+ bias) with a multi-axis kernel: [D] -> [N, H] (q, k, v) or [N, H] -> [D] (o, n_in=2).
+
+  The kernel is created in its final shape, so its logical axis names fit it at every point (flax's
+  DenseGeneral initialises a flattened 2-D kernel, which clashes with the names once rules are active).
+  """
+  cfg: ModelConfig
+  features: tuple[int, ...]
+  axes: tuple[str, ...]  # logical names of the kernel's dims: the n_in contracted ones, then the features
+  std: float
+  use_bias: bool
+  n_in: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    dtype, pdtype = jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
+    kernel = self.param("kernel", init(self.std, self.axes), x.shape[-self.n_in:] + self.features, pdtype)
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in)
+    if self.use_bias:
+      y = y + self.param("bias", _zeros(self.axes[self.n_in:]), self.features, pdtype).astype(dtype)
+    return y
+
+
 class Norm(nn.Module):
   """RMSNorm (scale only) or LayerNorm (scale and bias), computed in float32."""
   cfg: ModelConfig
@@ -108,12 +131,11 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BTD, positions_BT, segment_ids_BT):
     c = self.cfg
-    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    dtype = jnp.dtype(c.dtype)
     std, out_std = c.d_model ** -0.5, (c.n_heads * c.head_dim) ** -0.5 / (2 * c.n_layers) ** 0.5
 
     def proj(name, heads, axes):
-      return nn.DenseGeneral((heads, c.head_dim), use_bias=c.attn_bias, dtype=dtype, param_dtype=pdtype,
-                             kernel_init=init(std, ("embed",) + axes), bias_init=_zeros(axes), name=name)(x_BTD)
+      return Projection(c, (heads, c.head_dim), ("embed",) + axes, std, c.attn_bias, name=name)(x_BTD)
 
     q_BTNH = proj("q", c.n_heads, ("heads", "head_dim"))
     k_BTKH = proj("k", c.n_kv_heads, ("kv_heads", "head_dim"))
@@ -132,9 +154,8 @@ class Attention(nn.Module):
     out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BTKH)
     out_BTNH = nn.with_logical_constraint(out_BTKGH.reshape(b, t, c.n_heads, h),
                                           ("batch", "length", "heads", "head_dim"))
-    return nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.attn_bias, dtype=dtype, param_dtype=pdtype,
-                           kernel_init=init(out_std, ("heads", "head_dim", "embed")), bias_init=_zeros(("embed",)),
-                           name="o")(out_BTNH)
+    return Projection(c, (c.d_model,), ("heads", "head_dim", "embed"), out_std, c.attn_bias, n_in=2,
+                      name="o")(out_BTNH)
 
 
 class ConvMixer(nn.Module):

@@ -11,13 +11,13 @@ next-token loss for pretraining is `next_token_loss`; later stages plug in their
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from llm_jax import sharding
 from llm_jax.eval import bpb
 from llm_jax.training.state import TrainState
 
@@ -35,8 +35,14 @@ def next_token_loss(model) -> Callable:
   return loss_fn
 
 
-def _split_micro(batch: Batch, grad_accum: int) -> Batch:
-  return jax.tree_util.tree_map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+def split_micro(batch: Batch, n: int) -> Batch:
+  """[B, ...] -> [n, B/n, ...], micro-batch i taking rows i, i+n, i+2n, ...
+
+  Strided rather than contiguous: with B split over data-parallel devices, each device's rows stay on it
+  and every micro-batch is spread over all devices (a contiguous split would hand each micro-batch to a
+  fraction of the devices, or reshuffle rows between them).
+  """
+  return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1), batch)
 
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Callable,
@@ -52,7 +58,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Call
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
   rngs = jax.random.split(rng, grad_accum)
   (grads, loss_sum, tokens), _ = jax.lax.scan(
-      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (_split_micro(batch, grad_accum), rngs))
+      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (split_micro(batch, grad_accum), rngs))
   tokens = jnp.maximum(tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -63,7 +69,9 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Call
 
 
 def make_train_step(loss_fn: Callable, tx, lr_fn, *, grad_accum: int, state_sharding, batch_sharding):
-  step = functools.partial(train_step, loss_fn=loss_fn, tx=tx, lr_fn=lr_fn, grad_accum=grad_accum)
+  def step(state, batch, rng):
+    with sharding.activation_rules(batch_sharding.mesh):
+      return train_step(state, batch, rng, loss_fn=loss_fn, tx=tx, lr_fn=lr_fn, grad_accum=grad_accum)
   return jax.jit(step, in_shardings=(state_sharding, batch_sharding, None),
                  out_shardings=(state_sharding, None), donate_argnums=0)
 
@@ -71,7 +79,8 @@ def make_train_step(loss_fn: Callable, tx, lr_fn, *, grad_accum: int, state_shar
 def make_eval_step(model, token_bytes_V, *, params_sharding, batch_sharding):
   """Jitted (params, batch) -> sums of {"nats", "bytes", "tokens"} over target tokens that stand for text."""
   def eval_step(params, batch: Batch):
-    logits_BTV = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+    with sharding.activation_rules(batch_sharding.mesh):
+      logits_BTV = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
     weights_BT = (batch["segment_ids"] > 0).astype(jnp.float32)
     nats, num_bytes, tokens = bpb.token_nats_and_bytes(logits_BTV, batch["targets"], weights_BT, token_bytes_V)
     return {"nats": nats, "bytes": num_bytes, "tokens": tokens}
