@@ -1,5 +1,6 @@
 """Sharding on 8 simulated CPU devices (a subprocess with --xla_force_host_platform_device_count=8)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,17 +49,58 @@ def test_parameters_are_created_sharded_by_logical_axes():
   assert "STEP P()" in out
 
 
-def test_sharded_training_matches_single_device(tmp_path):
+def test_every_mesh_trains_like_one_device():
+  """5 steps under data / fsdp / tensor / mixed / pipeline meshes (and grad accumulation) == 1 device."""
+  runs = json.loads(_run([sys.executable, os.path.join(ROOT, "tests", "mesh_losses.py")], devices=8))
+  one = runs.pop("one_device")
+  assert one["losses"][-1] < one["losses"][0] - 0.2  # it learns, so every update shows in later losses
+  assert runs["stage2_data2_tensor2"]["mesh"] == {"data": 2, "stage": 2, "fsdp": 1, "tensor": 2}
+  assert runs["stage2_data2_tensor2"]["microbatches"] == 4  # the default: 2 x stages
+  assert runs["tensor8"]["mesh"]["tensor"] == 8
+  for name, run in runs.items():
+    np.testing.assert_allclose(run["losses"], one["losses"], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(run["eval_nats"], one["eval_nats"], rtol=1e-5, err_msg=name)
+
+
+def test_pipelined_training_from_the_command_line_matches_one_device(tmp_path):
   common = [sys.executable, "-m", "llm_jax.train", f"--config={MICRO}", "--config.train.steps=4",
             "--config.train.eval_every=4", "--config.data.batch_size=8"]
   _run(common + [f"--workdir={tmp_path / 'one'}"], devices=1)
-  _run(common + [f"--workdir={tmp_path / 'eight'}", "--config.mesh.data=2", "--config.mesh.fsdp=2",
-                 "--config.mesh.tensor=2"], devices=8)
+  _run(common + [f"--workdir={tmp_path / 'eight'}", "--config.mesh.data=2", "--config.mesh.stage=2",
+                 "--config.mesh.tensor=2", "--config.mesh.microbatches=2"], devices=8)
   get = lambda w, key: [m[key] for m in metrics_lib.read(w) if key in m]  # noqa: E731
   one, eight = get(tmp_path / "one", "loss"), get(tmp_path / "eight", "loss")
   assert len(one) == 4
-  np.testing.assert_allclose(eight, one, rtol=2e-5)  # same math, different reduction order
-  np.testing.assert_allclose(get(tmp_path / "eight", "eval/bpb"), get(tmp_path / "one", "eval/bpb"), rtol=2e-5)
+  np.testing.assert_allclose(eight, one, rtol=1e-5)
+  np.testing.assert_allclose(get(tmp_path / "eight", "eval/bpb"), get(tmp_path / "one", "eval/bpb"), rtol=1e-5)
+  assert (tmp_path / "eight" / "samples.txt").read_text() == (tmp_path / "one" / "samples.txt").read_text()
+
+
+def test_meshes_that_do_not_fit_fail_naming_the_keys():
+  script = textwrap.dedent(f"""
+      from llm_jax import config as config_lib, sharding
+      from llm_jax.training import state
+      def attempt(**mesh):
+        config = config_lib.load_file({MICRO!r})
+        config.data.batch_size = 8
+        for k, v in mesh.items():
+          config.mesh[k] = v
+        try:
+          state.build(config, sharding.make_mesh(config.mesh))
+          print("OK", mesh)
+        except config_lib.ConfigError as e:
+          print("ERROR", e)
+      attempt(data=2, tensor=4)             # 2 kv heads cannot split 4 ways
+      attempt(data=2, stage=4)              # 2 layers, 4 stages
+      attempt(data=4, stage=2)              # 8 rows / 4 micro-batches = 2 rows over 4 data devices
+      attempt(data=1, stage=2, fsdp=4, microbatches=3)
+  """)
+  out = _run([sys.executable, "-c", script], devices=8).splitlines()
+  assert out[0].startswith("ERROR parameter layers/block_0/attn/k/kernel (2, 32, 2, 8): dimension 2 of size 2 "
+                           "cannot split over mesh tensor=4"), out[0]
+  assert "mesh.stage=4 must divide the 2 repeats of model.layer_pattern='A'" in out[1]
+  assert "2 rows per (pipeline) micro-batch" in out[2] and "data x fsdp = 4 devices" in out[2]
+  assert "must divide into mesh.microbatches=3" in out[3]
 
 
 def test_restore_onto_a_different_mesh_gives_identical_state(tmp_path):
@@ -67,6 +109,7 @@ def test_restore_onto_a_different_mesh_gives_identical_state(tmp_path):
       from llm_jax import config as config_lib, sharding
       from llm_jax.training import checkpoint, state
       config = config_lib.load_file({MICRO!r})
+      config.data.batch_size = 8
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 4, 1
       saved = state.build(config, sharding.make_mesh(config.mesh)).init(jax.random.PRNGKey(0))
       mngr = checkpoint.manager({str(tmp_path)!r})

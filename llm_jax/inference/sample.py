@@ -36,6 +36,7 @@ def _sample(model, params, tokens_BL, lengths_B, rng, temperature, max_new_token
 def generate(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
              seed: int = 0, max_len: int | None = None) -> list[str]:
   """Continuations (text after each prompt) of `prompts`; each prompt starts with BOS, like training pieces."""
+  model = model.clone(pipeline_stages=1)  # decoding runs the plain layer stack (same parameters)
   start = pipeline.start_ids(tokenizer)
   encoded = [start + tokenizer.encode(p) for p in prompts]
   max_len = max_len or model.cfg.max_seq_len

@@ -4,6 +4,10 @@ Pure and functional: `logits = Transformer(cfg).apply({"params": params}, tokens
 With `scan_layers` the stack is one `nn.scan` over repeats of `layer_pattern` (parameters stacked on a
 leading `layers` axis), so compile time does not grow with depth. `remat` recomputes each block in the
 backward pass: "full" saves nothing inside a block, "dots" saves matmul outputs only.
+
+`pipeline_stages > 1` runs that same stack as a GPipe pipeline over the mesh's `stage` axis
+(llm_jax/model/pipeline.py) with the same parameters, so pipelining is a property of the run, not of the
+model or its checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.model.config import ModelConfig
+from llm_jax.model import pipeline
 from llm_jax.model.layers import Block, Norm, init, sinusoidal
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -37,6 +42,8 @@ class _PatternGroup(nn.Module):
 
 class Transformer(nn.Module):
   cfg: ModelConfig
+  pipeline_stages: int = 1  # > 1: the layer stack runs as a pipeline over the mesh's `stage` axis
+  pipeline_microbatches: int = 1
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
@@ -62,7 +69,14 @@ class Transformer(nn.Module):
       x_BTD = x_BTD + sinusoidal(positions_BT, c.d_model).astype(dtype)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
-    if c.scan_layers:
+    if self.pipeline_stages > 1 and not self.is_initializing():
+      if not c.scan_layers:
+        raise ValueError("pipeline parallelism (mesh.stage > 1) needs model.scan_layers=True")
+      group = _PatternGroup(c)
+      x_BTD = pipeline.gpipe(lambda p, x, pos, seg: group.apply({"params": p}, x, pos, seg)[0],
+                             self.variables["params"]["layers"], x_BTD, positions_BT, segment_ids_BT,
+                             stages=self.pipeline_stages, microbatches=self.pipeline_microbatches)
+    elif c.scan_layers:
       stack = nn.scan(_PatternGroup, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=c.n_layers // len(c.layer_pattern),
                       metadata_params={nn.PARTITION_NAME: "layers"})

@@ -14,6 +14,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from llm_jax import config as config_lib, sharding
@@ -43,9 +44,51 @@ class Setup:
   init: Callable[[jax.Array], TrainState]  # jitted, returns the sharded initial state
 
 
+def pipeline_microbatches(config, mesh) -> int:
+  """mesh.microbatches, with -1 resolved: 2 x the stage count (1 without pipelining)."""
+  stages = mesh.shape.get("stage", 1)
+  if stages == 1:
+    return 1
+  return config.mesh.microbatches if config.mesh.microbatches > 0 else 2 * stages
+
+
+def check_fits_mesh(config, mesh, params_sharding, abstract_params):
+  """ConfigErrors for shapes the mesh cannot split evenly, naming the config keys involved."""
+  stages, microbatches = mesh.shape.get("stage", 1), pipeline_microbatches(config, mesh)
+  m = config.model
+  if stages > 1:
+    groups = m.n_layers // len(m.layer_pattern)
+    if not m.scan_layers:
+      raise config_lib.ConfigError(f"mesh.stage={stages} (pipeline parallelism) needs model.scan_layers=True")
+    if groups % stages:
+      raise config_lib.ConfigError(f"mesh.stage={stages} must divide the {groups} repeats of model.layer_pattern="
+                                   f"{m.layer_pattern!r} (model.n_layers={m.n_layers})")
+  rows = config.data.batch_size // config.train.grad_accum
+  if rows % microbatches:
+    raise config_lib.ConfigError(f"data.batch_size / train.grad_accum = {rows} rows per micro-batch must divide into "
+                                 f"mesh.microbatches={microbatches} pipeline micro-batches")
+  batch_ways = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  if (rows // microbatches) % batch_ways:
+    raise config_lib.ConfigError(
+        f"{rows // microbatches} rows per (pipeline) micro-batch (data.batch_size={config.data.batch_size}, "
+        f"train.grad_accum={config.train.grad_accum}, mesh.microbatches={microbatches}) must divide over mesh "
+        f"data x fsdp = {batch_ways} devices")
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  for (path, leaf), sh in zip(flat, jax.tree_util.tree_leaves(params_sharding)):
+    for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(sh.spec) + (None,) * len(leaf.shape))):
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      ways = int(np.prod([mesh.shape[a] for a in axes]))
+      if size % ways:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        raise config_lib.ConfigError(
+            f"parameter {name} {tuple(leaf.shape)}: dimension {dim} of size {size} cannot split over mesh "
+            + " x ".join(f"{a}={mesh.shape[a]}" for a in axes) + "; change the mesh or the model shape")
+
+
 def build(config, mesh) -> Setup:
   model_config = config_lib.model_config(config)
-  model = Transformer(model_config)
+  model = Transformer(model_config, pipeline_stages=mesh.shape.get("stage", 1),
+                      pipeline_microbatches=pipeline_microbatches(config, mesh))
   tx = optim.make(config.train)
   dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
 
@@ -55,6 +98,7 @@ def build(config, mesh) -> Setup:
   rng = jax.random.PRNGKey(0)
   params_sharding = sharding.logical_sharding(jax.eval_shape(model.init, rng, dummy), mesh)["params"]
   abstract = jax.eval_shape(init, rng)
+  check_fits_mesh(config, mesh, params_sharding, abstract.params)
   opt_sharding = optax.tree_map_params(  # moments shard like their parameters; step counts are replicated
       tx, lambda _, s: s, abstract.opt_state, params_sharding, transform_non_params=lambda _: sharding.replicated(mesh))
   state_sharding = abstract.replace(step=sharding.replicated(mesh), params=params_sharding,
