@@ -33,6 +33,20 @@ def dense(cfg: ModelConfig, features: int, std: float, axes: tuple, name: str, u
                   kernel_init=init(std, axes), bias_init=_zeros(axes[-1:]), name=name)
 
 
+class Embed(nn.Embed):
+  """nn.Embed whose lookup reads the table gathered along fsdp, as FSDP does with every weight before use.
+
+  A lookup in the fsdp-split table would give rows split along `embed`, which XLA can only reshard to the
+  batch-split activations by replicating them (it warns "involuntary full rematerialization").
+  """
+
+  rows_axis: str | None = "vocab"  # the table's first dimension's logical name (None: position tables)
+
+  def __call__(self, inputs):
+    table = nn.with_logical_constraint(self.embedding, (self.rows_axis, None))
+    return jnp.take(table.astype(self.dtype or table.dtype), inputs, axis=0)
+
+
 class Projection(nn.Module):
   """x @ kernel (+ bias) with a multi-axis kernel: [D] -> [N, H] (q, k, v) or [N, H] -> [D] (o, n_in=2).
 

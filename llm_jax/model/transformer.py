@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from llm_jax.model.config import ModelConfig
 from llm_jax.model import pipeline
-from llm_jax.model.layers import Block, Norm, init, sinusoidal
+from llm_jax.model.layers import Block, Embed, Norm, init, sinusoidal
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
@@ -59,12 +59,12 @@ class Transformer(nn.Module):
     if segment_ids_BT is None:
       segment_ids_BT = jnp.ones_like(tokens_BT)
 
-    embed = nn.Embed(c.vocab_size, c.d_model, dtype=dtype, param_dtype=pdtype,
-                     embedding_init=init(0.02 if c.tie_embeddings else 1.0, ("vocab", "embed")), name="embed")
+    embed = Embed(c.vocab_size, c.d_model, dtype=dtype, param_dtype=pdtype,
+                  embedding_init=init(0.02 if c.tie_embeddings else 1.0, ("vocab", "embed")), name="embed")
     x_BTD = embed(tokens_BT)
     if c.positions == "learned":
-      x_BTD = x_BTD + nn.Embed(c.max_seq_len, c.d_model, dtype=dtype, param_dtype=pdtype,
-                               embedding_init=init(0.01, (None, "embed")), name="pos_embed")(positions_BT)
+      x_BTD = x_BTD + Embed(c.max_seq_len, c.d_model, dtype=dtype, param_dtype=pdtype, rows_axis=None,
+                            embedding_init=init(0.01, (None, "embed")), name="pos_embed")(positions_BT)
     elif c.positions == "sinusoidal":
       x_BTD = x_BTD + sinusoidal(positions_BT, c.d_model).astype(dtype)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
