@@ -86,3 +86,91 @@ def host_batch_to_global(batch: dict, mesh: Mesh) -> dict:
   """Assembles each host's rows of a batch into global jax.Arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+# Multi-host runs (llm_jax/train.py, README "Multi-host"). ConfigError is imported inside the functions:
+# llm_jax.config imports the model package, which may import this module.
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> list[int]:
+  """The rows of a global [batch_size, ...] batch that this process's devices hold, sorted.
+
+  With P processes each holding a contiguous block of the batch axes this is [i*B/P, (i+1)*B/P); deriving it
+  from the sharding instead of assuming it keeps any mesh correct (rows replicated over a mesh axis that
+  spans processes are fed by every process that holds them).
+  """
+  rows = set()
+  for index in batch_sharding(mesh).addressable_devices_indices_map((batch_size, 1)).values():
+    rows.update(range(batch_size)[index[0]])
+  return sorted(rows)
+
+
+def rows_to_global(batch: dict, rows: list[int], batch_size: int, mesh: Mesh) -> dict:
+  """Global [batch_size, ...] jax.Arrays from this process's `rows` (`process_rows`) of every feature."""
+  sharding = batch_sharding(mesh)
+  position = {r: i for i, r in enumerate(rows)}
+
+  def assemble(local):
+    def shard(index):
+      wanted = [position[r] for r in range(batch_size)[index[0]]]
+      return local[wanted[0]:wanted[-1] + 1] if wanted == list(range(wanted[0], wanted[-1] + 1)) else local[wanted]
+    return jax.make_array_from_callback((batch_size,) + local.shape[1:], sharding, shard)
+
+  return {k: assemble(v) for k, v in batch.items()}
+
+
+def _distributed_value(config_value, env_name: str, key: str, cast):
+  """config.distributed.<key> unless unset ("" / -1), else the environment variable, else None."""
+  import os  # pylint: disable=import-outside-toplevel
+  from llm_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+  if config_value not in ("", -1, None):
+    return config_value
+  raw = os.environ.get(env_name, "").strip()
+  if not raw:
+    return None
+  try:
+    return cast(raw)
+  except ValueError:
+    raise ConfigError(f"{env_name}={raw!r} (the fallback for config.distributed.{key}) is not valid") from None
+
+
+def initialize_distributed(config) -> bool:
+  """Joins this process to a multi-controller JAX job (jax.distributed); returns whether it did.
+
+  Each value of `config.distributed` wins over its environment variable (JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID). With one process (the default) nothing is initialised, so single-host
+  runs never need a coordinator. With `distributed.auto`, `jax.distributed.initialize` detects whatever is
+  not given (Cloud TPU, SLURM, Open MPI, Kubernetes). Must run before anything touches a JAX backend
+  (jax.devices(), an array): the process count is fixed when the backend starts, and JAX refuses otherwise.
+  Cross-process CPU collectives go through gloo, set before initialising: it affects only the CPU backend,
+  so it is harmless on GPU/TPU hosts, and a CPU-only job needs it before its backend exists.
+  """
+  from llm_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+  d = config.distributed
+  address = _distributed_value(d.coordinator_address, "JAX_COORDINATOR_ADDRESS", "coordinator_address", str)
+  num = _distributed_value(d.num_processes, "JAX_NUM_PROCESSES", "num_processes", int)
+  pid = _distributed_value(d.process_id, "JAX_PROCESS_ID", "process_id", int)
+  if num is not None and num < 1:
+    raise ConfigError(f"config.distributed.num_processes={num}: must be >= 1 (or -1: JAX_NUM_PROCESSES, else 1)")
+  limit = num if num is not None else (None if d.auto else 1)  # auto: the cluster knows the count
+  if pid is not None and (pid < 0 or (limit is not None and pid >= limit)):
+    raise ConfigError(f"config.distributed.process_id={pid}: must be in [0, num_processes={limit}) "
+                      "(set per process, or via JAX_PROCESS_ID)")
+  if not d.auto and (num is None or num == 1):
+    return False  # a single process: nothing to join
+  if jax.distributed.is_initialized():
+    return True  # e.g. a later stage in the same Python process
+  if not d.auto:
+    if not address:
+      raise ConfigError(f"config.distributed.num_processes={num} needs config.distributed.coordinator_address "
+                        "(host:port where process 0 listens; or JAX_COORDINATOR_ADDRESS)")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+      raise ConfigError(f"config.distributed.coordinator_address={address!r}: expected host:port, e.g. "
+                        "10.0.0.1:1234")
+    if pid is None:
+      raise ConfigError(f"config.distributed.num_processes={num} needs config.distributed.process_id "
+                        f"(0..{num - 1}, different in every process; or JAX_PROCESS_ID)")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=address or None, num_processes=num, process_id=pid)
+  return True

@@ -6,6 +6,14 @@ Builds everything from the config and runs the loop for `config.stage`. The work
 `runs/<config file name>`) holds config.json, metrics.jsonl, tb/, tokenizer/, checkpoints/ and samples.txt.
 Rerunning on a workdir resumes from its latest checkpoint (or reports the run complete); a workdir whose
 saved config has another model, tokenizer or data source is refused rather than silently mixed.
+
+Multi-host (README "Multi-host"): start the same command once per process with config.distributed set (or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); `sharding.initialize_distributed` joins them
+before anything touches a device. The workdir must be one shared directory. Process 0 alone writes
+config.json, metrics.jsonl, tb/, samples.txt and trains (or copies) the tokenizer, which the others load
+once it exists (barriers in between); all processes write their shards of each checkpoint. Every process
+feeds only the rows of the global batch its devices hold, and the batches are the same whatever the process
+count (llm_jax/data/pipeline.py), so 2 hosts x 4 devices train exactly like 1 host x 8.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import time
 import jax
 import ml_collections
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -67,9 +76,32 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
         + "\nUse another --workdir, or restore those values.")
 
 
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def _barrier(name: str):
+  """Waits until every process gets here (a no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def build_tokenizer(workdir: str, config, train_docs: list[dict]) -> tokenizer_lib.Tokenizer:
-  """The workdir's tokenizer; else init_from's (copied in); else one trained on the training documents."""
+  """The workdir's tokenizer; else init_from's (copied in); else one trained on the training documents.
+
+  Only process 0 builds it (training is deterministic, but several processes writing one directory is not
+  safe); the others wait and then load what it wrote to the shared workdir.
+  """
   directory = os.path.join(workdir, "tokenizer")
+  if not _is_main():
+    _barrier("tokenizer")
+    return tokenizer_lib.load(directory)
+  tok = _build_tokenizer(directory, config, train_docs)
+  _barrier("tokenizer")
+  return tok
+
+
+def _build_tokenizer(directory: str, config, train_docs: list[dict]) -> tokenizer_lib.Tokenizer:
   if os.path.isdir(directory) and os.listdir(directory):
     return tokenizer_lib.load(directory)
   if config.init_from:
@@ -132,17 +164,20 @@ def _truncate_metrics(workdir: str, last_step: int):
 
 
 def _print(*args):
-  if jax.process_index() == 0:
+  if _is_main():
     tqdm.write(" ".join(str(a) for a in args))
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains a decoder on config.data; returns the final summary (also printed)."""
   config_lib.validate(config)
+  sharding.initialize_distributed(config)  # before anything touches a device
   os.makedirs(workdir, exist_ok=True)
-  check_resumable(workdir, config)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config_lib.to_json(config))
+  check_resumable(workdir, config)  # every process checks (and fails alike) before process 0 overwrites it
+  _barrier("config checked")
+  if _is_main():
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config_lib.to_json(config))
   t_start = time.time()
 
   docs = sources.load_documents(config.data.source)
@@ -159,17 +194,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
          f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
 
   mesh = sharding.make_mesh(config.mesh)
-  process_count = jax.process_count()
-  if config.data.batch_size % process_count:
-    raise config_lib.ConfigError(f"data.batch_size={config.data.batch_size} must divide over {process_count} hosts")
-  host_batch = config.data.batch_size // process_count
+  batch_size = config.data.batch_size
+  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % batch_ways:
+    raise config_lib.ConfigError(f"data.batch_size={batch_size} must divide over mesh.data x mesh.fsdp = "
+                                 f"{batch_ways} devices")
+  rows = sharding.process_rows(mesh, batch_size)  # the rows of every global batch this process feeds
   train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok,
-                                    seq_len=config.data.seq_len, batch_size=host_batch, seed=config.seed,
-                                    process_index=jax.process_index(), process_count=process_count)
+                                    seq_len=config.data.seq_len, batch_size=batch_size, seed=config.seed, rows=rows)
   data_iter = iter(train_ds)
   eval_data = pipeline.eval_batches(pipeline.pieces(val_docs, config.data.chunk_chars), tok,
-                                    seq_len=config.data.seq_len, batch_size=host_batch,
-                                    num_batches=config.train.eval_batches)
+                                    seq_len=config.data.seq_len, batch_size=batch_size,
+                                    num_batches=config.train.eval_batches, rows=rows)
 
   setup = state_lib.build(config, mesh)
   model, model_cfg, tx, seq_len = setup.model, setup.model_config, setup.tx, config.data.seq_len
@@ -183,6 +219,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _print(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps}); last eval: "
            f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
     mngr.close()
+    data_iter.close()
     return {"step": start, "complete": True, **last}
   if start:
     state = checkpoint.restore(mngr, setup.abstract_state, data_iter)
@@ -194,7 +231,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _print(f"initialised from {config.init_from}")
   else:
     state = setup.init(rng)
-  _truncate_metrics(workdir, start)
+  if _is_main():
+    _truncate_metrics(workdir, start)
   n_params = model_cfg.num_params()
   _print(f"model: {n_params / 1e6:.2f}M parameters, {model_cfg.n_layers} layers, d_model {model_cfg.d_model}; "
          f"mesh {dict(mesh.shape)}; {config.train.steps} steps x {config.data.batch_size} x {seq_len} tokens")
@@ -203,7 +241,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(next_token_loss(model), tx, optim.schedule(config.train),
                                grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
                                batch_sharding=batch_sharding)
-  eval_step = make_eval_step(model, jax.numpy.asarray(tok.token_bytes()), params_sharding=setup.params_sharding,
+  token_bytes = jax.device_put(tok.token_bytes(), sharding.replicated(mesh))  # a global array, like params
+  eval_step = make_eval_step(model, token_bytes, params_sharding=setup.params_sharding,
                              batch_sharding=batch_sharding)
   writer = metrics_lib.Writer(workdir)
   throughput = metrics_lib.Throughput(
@@ -212,7 +251,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       peak_flops=metrics_lib.measure_peak_flops(config.model.dtype) * jax.device_count())
 
   def evaluate(step: int) -> dict:
-    result = {**evaluate_bpb(eval_step, state.params, eval_data, mesh), "eval/order0_bpb": order0}
+    result = {**evaluate_bpb(eval_step, state.params, eval_data, mesh, rows, batch_size),
+              "eval/order0_bpb": order0}
     writer.write(step, result)
     _print(f"step {step}: eval/loss {result['eval/loss']:.4f} eval/bpb {result['eval/bpb']:.4f}")
     return result
@@ -220,7 +260,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start == 0:
     evaluate(0)
 
-  bar = tqdm(total=config.train.steps, initial=start, disable=not config.train.progress or jax.process_index() != 0,
+  bar = tqdm(total=config.train.steps, initial=start, disable=not config.train.progress or not _is_main(),
              desc="pretrain", unit="step", dynamic_ncols=True)
   step, pending, last = start, None, {}
 
@@ -237,7 +277,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pending = None
 
   while step < config.train.steps:
-    batch = sharding.host_batch_to_global(next(data_iter), mesh)
+    batch = sharding.rows_to_global(next(data_iter), rows, batch_size, mesh)
     state, step_metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
     step += 1
     flush()  # the previous logged step: by now the device is busy with this one
@@ -257,6 +297,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
+  data_iter.close()  # stops its prefetch thread
 
   samples = []
   for temperature in (0.0, config.sample.temperature) if config.sample.prompts else ():
@@ -264,7 +305,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            max_new_tokens=min(config.sample.max_new_tokens, seq_len // 2),
                            temperature=temperature, seed=config.seed)
     samples += [(temperature, p, o) for p, o in zip(config.sample.prompts, outs)]
-  if jax.process_index() == 0:
+  if _is_main():
     with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
       for temperature, prompt, out in samples:
         f.write(f"--- temperature {temperature} | prompt {prompt!r}\n{prompt}{out}\n")
@@ -279,14 +320,21 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def evaluate_bpb(eval_step, params, batches: list[dict], mesh) -> dict:
-  """eval/loss (nats per token) and eval/bpb over fixed held-out batches."""
+def evaluate_bpb(eval_step, params, batches: list[dict], mesh, rows: list[int] | None = None,
+                 batch_size: int | None = None) -> dict:
+  """eval/loss (nats per token) and eval/bpb over fixed held-out batches.
+
+  `batches` hold this process's `rows` (`sharding.process_rows`) of `batch_size`-row global batches;
+  by default they are whole global batches (one process).
+  """
   sums = {"nats": 0.0, "bytes": 0.0, "tokens": 0.0}
   for batch in batches:
-    out = jax.device_get(eval_step(params, sharding.host_batch_to_global(batch, mesh)))
+    n = batch["inputs"].shape[0]
+    out = jax.device_get(eval_step(params, sharding.rows_to_global(
+        batch, list(range(n)) if rows is None else rows, n if batch_size is None else batch_size, mesh)))
     sums = {k: sums[k] + float(out[k]) for k in sums}
-  return {"eval/loss": sums["nats"] / max(sums["tokens"], 1.0), "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]),
-          "eval/tokens": sums["tokens"]}
+  return {"eval/loss": sums["nats"] / max(sums["tokens"], 1.0),
+          "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]), "eval/tokens": sums["tokens"]}
 
 
 STAGES = {"pretrain": pretrain}

@@ -104,15 +104,88 @@ def test_pipeline_iterator_state_restores_exactly(corpus, small_tokenizer):
       np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_hosts_read_disjoint_data(corpus, small_tokenizer):
-  texts = [f"document number {i}\n" for i in range(50)]
-  rows = []
-  for host in range(2):
-    ds = pipeline.train_dataset(texts, small_tokenizer, seq_len=16, batch_size=1, seed=0, process_index=host,
-                                process_count=2)
-    it = iter(ds)
-    rows.append({small_tokenizer.decode(t for t in next(it)["inputs"][0] if t > 3) for _ in range(4)})
-  assert rows[0].isdisjoint(rows[1])
+class _PieceTokenizer:
+  """Piece "i" -> (i % 5 + 1) tokens of value 4 + i: every target token names the piece it came from."""
+  bos_id, eos_id = 1, 2
+
+  def encode(self, text):
+    return [4 + int(text)] * (int(text) % 5 + 1)
+
+
+def _pieces_in(batch) -> set[int]:
+  return {int(t) - 4 for t in batch["targets"][batch["segment_ids"] > 0]}
+
+
+def _assert_batches_equal(got, want):
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def _host_datasets(texts, hosts, batch_size=8, **kw):
+  per = batch_size // hosts
+  return [pipeline.train_dataset(texts, _PieceTokenizer(), seq_len=8, batch_size=batch_size, seed=0,
+                                 rows=range(h * per, (h + 1) * per), **kw) for h in range(hosts)]
+
+
+def test_hosts_rows_concatenate_to_the_global_batch_and_read_disjoint_pieces():
+  texts = [str(i) for i in range(256)]
+  [one] = _host_datasets(texts, 1)
+  full, hosts = iter(one), [iter(ds) for ds in _host_datasets(texts, 2)]
+  seen = [set(), set()]
+  for _ in range(6):  # inside the first epoch: each row stream holds 32 pieces (~96 tokens) of it
+    parts = [next(it) for it in hosts]
+    assert all(p["inputs"].shape == (4, 8) for p in parts)
+    _assert_batches_equal({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, next(full))
+    for h, part in enumerate(parts):
+      seen[h] |= _pieces_in(part)
+  assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])  # each piece is tokenized by one host only
+
+
+def test_every_piece_reaches_training_once_per_epoch():
+  texts = [str(i) for i in range(40)]
+  it = iter(pipeline.train_dataset(texts, _PieceTokenizer(), seq_len=8, batch_size=4, seed=0))
+  seen, tokens = [], 0
+  while tokens < 4 * 40:  # one epoch holds ~40 x 3 input tokens: this covers it with room to spare
+    batch = next(it)
+    seen.append(_pieces_in(batch))
+    tokens += batch["inputs"].size
+  assert set().union(*seen) == set(range(40))
+
+
+def test_state_saved_by_two_hosts_restores_onto_one_and_back():
+  texts = [str(i) for i in range(64)]
+  hosts = [iter(ds) for ds in _host_datasets(texts, 2)]
+  for _ in range(5):
+    for it in hosts:
+      next(it)
+  states = [it.get_state() for it in hosts]
+  merged = {**states[0], "rows": {**states[0]["rows"], **states[1]["rows"]}}  # what checkpoint.DataHandler does
+  expected = [[next(it) for it in hosts] for _ in range(3)]
+  [one] = [iter(ds) for ds in _host_datasets(texts, 1)]
+  one.set_state(merged)
+  for parts in expected:
+    _assert_batches_equal(next(one), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+  # ... and one host's state restores onto any host's rows (the other rows are ignored).
+  state = one.get_state()
+  want = next(one)
+  second = iter(_host_datasets(texts, 2)[1])
+  second.set_state(state)
+  _assert_batches_equal(next(second), {k: v[4:] for k, v in want.items()})
+  with pytest.raises(ValueError, match="data.batch_size=8, now 4"):
+    iter(pipeline.train_dataset(texts, _PieceTokenizer(), seq_len=8, batch_size=4, seed=0)).set_state(state)
+  with pytest.raises(ValueError, match=r"lacks rows \[4, 5, 6, 7\]"):
+    second.set_state(states[0])
+
+
+def test_eval_rows_of_hosts_concatenate_to_the_global_batches(corpus, small_tokenizer):
+  texts = pipeline.pieces(corpus[:10], 300)
+  kw = {"seq_len": 32, "batch_size": 4, "num_batches": 3}
+  full = pipeline.eval_batches(texts, small_tokenizer, **kw)
+  halves = [pipeline.eval_batches(texts, small_tokenizer, rows=rows, **kw) for rows in ([0, 1], [2, 3])]
+  assert len(full) == 3
+  for whole, a, b in zip(full, *halves):
+    _assert_batches_equal({k: np.concatenate([a[k], b[k]]) for k in whole}, whole)
 
 
 def test_eval_batches_are_padded_and_masked(corpus, small_tokenizer):

@@ -10,14 +10,28 @@ what the model meets at inference (one document, starting at BOS); BOS-separated
 would instead teach it to read through unrelated text. A piece cut at the end of a row continues in the
 next row as a new segment starting at position 0.
 
-Training order: pieces are shuffled globally (grain's index shuffle, reshuffled every epoch), sliced by
-`jax.process_index()` so every host reads different data, and the iterator's state (a few integers) is
-saved with each checkpoint, so a resumed run sees exactly the batches it would have seen.
+Training order, and why it does not depend on the number of hosts: the pieces are shuffled globally (grain's
+index shuffle, reshuffled every epoch) into one endless sequence, and the global batch is defined as
+`batch_size` independent row streams: row r of every global batch is the next row of packing the pieces
+`shuffled[r::batch_size]`. A host builds only the streams of the rows its devices hold (`rows`, from
+`sharding.process_rows`: [i*B/P, (i+1)*B/P) for process i of P) and stacks them into its part of the batch.
+So 2 hosts x 4 devices train on exactly the rows of 1 host x 8 devices, every piece is tokenized by exactly
+one host, and no host reads or tokenizes the others' data. (Slicing the pieces per host and packing each
+slice, the obvious alternative, makes the batches a function of the host count.)
+
+The iterator's state is each row stream's packing state (a few integers), keyed by global row number, and
+saved with every checkpoint, so a resumed run sees exactly the batches it would have seen; because the keys
+are global, the states that P hosts saved can be merged and restored onto any other host count
+(`training.checkpoint` does that). One background thread builds batches ahead of the training loop (per-row
+streams read synchronously: a thread pool per row would mean thousands of threads at large batch sizes).
+
+Evaluation batches are small and fixed: every host builds the same global batches and keeps its own rows,
+so each held-out row is evaluated once, whatever the host count.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grain
 import numpy as np
@@ -62,25 +76,85 @@ def _pack(ds: grain.IterDataset, seq_len: int) -> grain.IterDataset:
   return packed.map(_rename)
 
 
+class _StackRows(grain.IterDataset):
+  """Stacks one element from each row stream into a [rows, ...] batch (see the module docstring)."""
+
+  def __init__(self, streams: dict[int, grain.IterDataset], batch_size: int):
+    super().__init__(list(streams.values()))
+    self._rows, self._batch_size = list(streams), batch_size
+
+  def __iter__(self):
+    return _StackRowsIterator([p.__iter__() for p in self.parents], self._rows, self._batch_size)
+
+
+class _StackRowsIterator(grain.DatasetIterator):
+  """State: {"batch_size": B, "rows": {"<global row>": that stream's state}}; rows of other hosts in a
+  (merged) state are ignored, so a state saved with any host count restores here."""
+
+  def __init__(self, parents: list[grain.DatasetIterator], rows: list[int], batch_size: int):
+    super().__init__(parents)
+    self._rows, self._batch_size = rows, batch_size
+
+  def __next__(self) -> dict:
+    out = [next(it) for it in self._parents]
+    return {k: np.stack([row[k] for row in out]) for k in FEATURES}
+
+  def get_state(self) -> dict:
+    return {"batch_size": self._batch_size,
+            "rows": {str(r): it.get_state() for r, it in zip(self._rows, self._parents)}}
+
+  def set_state(self, state: dict):
+    if not isinstance(state, dict) or "rows" not in state:
+      raise ValueError("the data iterator state is not a row-stream state (saved by an older version of the "
+                       "pipeline?): resume from a checkpoint of this version, or start a new workdir")
+    if state.get("batch_size") != self._batch_size:
+      raise ValueError(f"the data iterator state was saved with data.batch_size={state.get('batch_size')}, now "
+                       f"{self._batch_size}: each row of the global batch is its own stream, so the batch size "
+                       "cannot change on resume")
+    missing = [r for r in self._rows if str(r) not in state["rows"]]
+    if missing:
+      raise ValueError(f"the data iterator state lacks rows {missing[:8]}{'...' if len(missing) > 8 else ''} "
+                       f"of the {self._batch_size}-row global batch (holds {len(state['rows'])} rows)")
+    for r, it in zip(self._rows, self._parents):
+      it.set_state(state["rows"][str(r)])
+
+
 def train_dataset(texts: list[str], tokenizer, *, seq_len: int, batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Infinite packed batches for this host: `batch_size` is the per-host batch."""
-  ds = grain.MapDataset.source(texts).shuffle(seed=seed).repeat()
-  ds = ds[process_index::process_count]
-  ds = ds.map(_Tokenize(tokenizer)).filter(lambda x: len(x["inputs"]) > 0)
-  return _pack(ds.to_iter_dataset(), seq_len).batch(batch_size, drop_remainder=True)
+                  rows: Sequence[int] | None = None, prefetch: int = 2) -> grain.IterDataset:
+  """Infinite packed batches of `rows` (default: all) of the `batch_size`-row global batch.
+
+  Each element is a dict of [len(rows), seq_len] int32 arrays, row i being global row `rows[i]`.
+  `prefetch` batches are built ahead in a background thread (0: on demand, in the caller's thread).
+  """
+  rows = list(range(batch_size) if rows is None else rows)
+  if not rows or any(not 0 <= r < batch_size for r in rows) or len(set(rows)) != len(rows):
+    raise ValueError(f"rows must be distinct row numbers in [0, batch_size={batch_size}), got {rows}")
+  shuffled = grain.MapDataset.source(texts).shuffle(seed=seed).repeat()
+  tokenize, sync = _Tokenize(tokenizer), grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  streams = {r: _pack(shuffled[r::batch_size].map(tokenize).filter(lambda x: len(x["inputs"]) > 0)
+                      .to_iter_dataset(sync), seq_len)
+             for r in rows}
+  ds = _StackRows(streams, batch_size)
+  return grain_exp.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch) if prefetch else ds
 
 
-def eval_batches(texts: list[str], tokenizer, *, seq_len: int, batch_size: int, num_batches: int) -> list[dict]:
-  """The first `num_batches` packed batches of the held-out texts, in a fixed order (same every eval)."""
+def eval_batches(texts: list[str], tokenizer, *, seq_len: int, batch_size: int, num_batches: int,
+                 rows: Sequence[int] | None = None) -> list[dict]:
+  """`rows` (default: all) of the first `num_batches` global packed batches of the held-out texts.
+
+  Fixed order, the same at every eval and on every host: the texts are packed end to end into
+  `batch_size`-row global batches (the last one padded with empty rows, segment 0, which count nowhere);
+  each host keeps only its rows.
+  """
   ds = grain.MapDataset.source(texts).map(_Tokenize(tokenizer)).filter(lambda x: len(x["inputs"]) > 0)
   it: Iterator[dict] = iter(_pack(ds.to_iter_dataset(), seq_len).batch(batch_size, drop_remainder=False))
+  keep = np.asarray(range(batch_size) if rows is None else rows)
   out = []
   for batch in it:
-    rows = batch["inputs"].shape[0]
-    if rows < batch_size:  # pad the last batch with empty rows (segment 0 is masked everywhere)
-      batch = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in batch.items()}
-    out.append(batch)
+    n = batch["inputs"].shape[0]
+    if n < batch_size:  # pad the last batch with empty rows (segment 0 is masked everywhere)
+      batch = {k: np.pad(v, ((0, batch_size - n), (0, 0))) for k, v in batch.items()}
+    out.append({k: v[keep] for k, v in batch.items()})
     if len(out) == num_batches:
       break
   if not out:

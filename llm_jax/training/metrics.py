@@ -20,8 +20,11 @@ from tensorboardX import SummaryWriter
 
 
 def measure_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int = 5) -> float:
-  """FLOP/s of one device on an n x n matmul (best of `repeats` after a warm-up)."""
-  device = jax.devices()[0]
+  """FLOP/s of one of this process's devices on an n x n matmul (best of `repeats` after a warm-up).
+
+  A local device: in a multi-host run jax.devices()[0] belongs to process 0 and cannot take data elsewhere.
+  """
+  device = jax.local_devices()[0]
   n = n or (1024 if device.platform == "cpu" else 8192)
   a = jax.device_put(jnp.ones((n, n), dtype), device)
   matmul = jax.jit(lambda x: x @ x)
