@@ -193,12 +193,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
          f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
 
-  mesh = sharding.make_mesh(config.mesh)
+  try:
+    mesh = sharding.make_mesh(config.mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.{e} (--config.mesh.data=-1 takes whatever devices are left)") from None
+  setup = state_lib.build(config, mesh)  # checks that the model and batch split over the mesh
   batch_size = config.data.batch_size
-  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  if batch_size % batch_ways:
-    raise config_lib.ConfigError(f"data.batch_size={batch_size} must divide over mesh.data x mesh.fsdp = "
-                                 f"{batch_ways} devices")
   rows = sharding.process_rows(mesh, batch_size)  # the rows of every global batch this process feeds
   train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok,
                                     seq_len=config.data.seq_len, batch_size=batch_size, seed=config.seed, rows=rows)
@@ -207,7 +207,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     seq_len=config.data.seq_len, batch_size=batch_size,
                                     num_batches=config.train.eval_batches, rows=rows)
 
-  setup = state_lib.build(config, mesh)
   model, model_cfg, tx, seq_len = setup.model, setup.model_config, setup.tx, config.data.seq_len
   rng = jax.random.PRNGKey(config.seed)
 

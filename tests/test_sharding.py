@@ -115,7 +115,7 @@ def test_restore_onto_a_different_mesh_gives_identical_state(tmp_path):
       mngr = checkpoint.manager({str(tmp_path)!r})
       checkpoint.save(mngr, 1, saved, None, force=True)
       mngr.wait_until_finished()
-      config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 4, 1, 2
+      config.mesh.data, config.mesh.stage, config.mesh.fsdp, config.mesh.tensor = 2, 2, 1, 2
       setup = state.build(config, sharding.make_mesh(config.mesh))
       restored = checkpoint.restore(mngr, setup.abstract_state)
       q = lambda s: s.params["layers"]["block_0"]["attn"]["q"]["kernel"]
@@ -125,7 +125,9 @@ def test_restore_onto_a_different_mesh_gives_identical_state(tmp_path):
       print("IDENTICAL", same)
   """)
   out = _run([sys.executable, "-c", script], devices=8)
-  assert "SHARDS (2, 8, 4, 8) (2, 32, 2, 8)" in out  # q kernel: embed split 4 ways, then heads 2 ways
+  # q kernel [layers, embed, heads, head_dim]: saved with embed split 4 ways (fsdp), restored with the 2
+  # layers split over 2 pipeline stages and the heads over 2 tensor devices
+  assert "SHARDS (2, 8, 4, 8) (1, 32, 2, 8)" in out
   assert "IDENTICAL True" in out
 
 
