@@ -197,7 +197,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:
     raise config_lib.ConfigError(f"config.{e} (--config.mesh.data=-1 takes whatever devices are left)") from None
-  setup = state_lib.build(config, mesh)  # checks that the model and batch split over the mesh
+  setup = state_lib.build(config, mesh)  # checks that the model splits over the mesh
+  state_lib.check_batch_fits_mesh(config, mesh)
   batch_size = config.data.batch_size
   rows = sharding.process_rows(mesh, batch_size)  # the rows of every global batch this process feeds
   train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok,

@@ -70,6 +70,7 @@ def run(mesh_cfg: dict, grad_accum: int) -> dict:
   devices = jax.devices()[:int(np.prod([v for k, v in mesh_cfg.items() if k != "microbatches"]))]
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   setup = state_lib.build(config, mesh)
+  state_lib.check_batch_fits_mesh(config, mesh)
   state = setup.init(jax.random.PRNGKey(0))
   batch_sharding = sharding.batch_sharding(mesh)
   step = make_train_step(next_token_loss(setup.model), setup.tx, optim.schedule(config.train), grad_accum=grad_accum,

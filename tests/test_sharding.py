@@ -86,7 +86,9 @@ def test_meshes_that_do_not_fit_fail_naming_the_keys():
         for k, v in mesh.items():
           config.mesh[k] = v
         try:
-          state.build(config, sharding.make_mesh(config.mesh))
+          mesh_ = sharding.make_mesh(config.mesh)
+          state.build(config, mesh_)
+          state.check_batch_fits_mesh(config, mesh_)
           print("OK", mesh)
         except config_lib.ConfigError as e:
           print("ERROR", e)

@@ -52,17 +52,9 @@ def pipeline_microbatches(config, mesh) -> int:
   return config.mesh.microbatches if config.mesh.microbatches > 0 else 2 * stages
 
 
-def check_fits_mesh(config, mesh, params_sharding, abstract_params):
-  """ConfigErrors for shapes the mesh cannot split evenly, naming the config keys involved."""
-  stages, microbatches = mesh.shape.get("stage", 1), pipeline_microbatches(config, mesh)
-  m = config.model
-  if stages > 1:
-    groups = m.n_layers // len(m.layer_pattern)
-    if not m.scan_layers:
-      raise config_lib.ConfigError(f"mesh.stage={stages} (pipeline parallelism) needs model.scan_layers=True")
-    if groups % stages:
-      raise config_lib.ConfigError(f"mesh.stage={stages} must divide the {groups} repeats of model.layer_pattern="
-                                   f"{m.layer_pattern!r} (model.n_layers={m.n_layers})")
+def check_batch_fits_mesh(config, mesh):
+  """ConfigErrors for a batch that the mesh's batch axes or the pipeline cannot split evenly."""
+  microbatches = pipeline_microbatches(config, mesh)
   rows = config.data.batch_size // config.train.grad_accum
   if rows % microbatches:
     raise config_lib.ConfigError(f"data.batch_size / train.grad_accum = {rows} rows per micro-batch must divide into "
@@ -73,6 +65,18 @@ def check_fits_mesh(config, mesh, params_sharding, abstract_params):
         f"{rows // microbatches} rows per (pipeline) micro-batch (data.batch_size={config.data.batch_size}, "
         f"train.grad_accum={config.train.grad_accum}, mesh.microbatches={microbatches}) must divide over mesh "
         f"data x fsdp = {batch_ways} devices")
+
+
+def check_model_fits_mesh(config, mesh, params_sharding, abstract_params):
+  """ConfigErrors for parameters or a layer stack that the mesh cannot split evenly, naming the keys."""
+  stages, m = mesh.shape.get("stage", 1), config.model
+  if stages > 1:
+    groups = m.n_layers // len(m.layer_pattern)
+    if not m.scan_layers:
+      raise config_lib.ConfigError(f"mesh.stage={stages} (pipeline parallelism) needs model.scan_layers=True")
+    if groups % stages:
+      raise config_lib.ConfigError(f"mesh.stage={stages} must divide the {groups} repeats of model.layer_pattern="
+                                   f"{m.layer_pattern!r} (model.n_layers={m.n_layers})")
   flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   for (path, leaf), sh in zip(flat, jax.tree_util.tree_leaves(params_sharding)):
     for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(sh.spec) + (None,) * len(leaf.shape))):
@@ -98,7 +102,7 @@ def build(config, mesh) -> Setup:
   rng = jax.random.PRNGKey(0)
   params_sharding = sharding.logical_sharding(jax.eval_shape(model.init, rng, dummy), mesh)["params"]
   abstract = jax.eval_shape(init, rng)
-  check_fits_mesh(config, mesh, params_sharding, abstract.params)
+  check_model_fits_mesh(config, mesh, params_sharding, abstract.params)
   opt_sharding = optax.tree_map_params(  # moments shard like their parameters; step counts are replicated
       tx, lambda _, s: s, abstract.opt_state, params_sharding, transform_non_params=lambda _: sharding.replicated(mesh))
   state_sharding = abstract.replace(step=sharding.replicated(mesh), params=params_sharding,
