@@ -19,8 +19,10 @@ import difflib
 import importlib.util
 import json
 import os
+import sys
 
 import ml_collections
+from absl import flags as absl_flags
 
 from llm_jax.model.config import ModelConfig
 
@@ -201,3 +203,35 @@ def diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
     elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
       out.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
   return out
+
+
+def explain_flag_error(argv: list[str], error: Exception) -> str:
+  """Turns config_flags' KeyError/AttributeError tracebacks into one line naming the bad key."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if path is None:
+    return str(error)
+  try:
+    base = load_file(path)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{path}: {type(e).__name__}: {e}"
+  for arg in argv:
+    if arg.startswith("--config.") and "=" in arg:
+      message = unknown_key_message(base, arg[len("--config."):].split("=", 1)[0])
+      if message:
+        return message
+  return str(error)
+
+
+def parse_flags(argv: list[str]):
+  """absl flags_parser for the CLIs (`app.run(main, flags_parser=parse_flags)`): a bad --config.key exits 2
+  with one line naming it and its near misses, instead of config_flags' traceback."""
+  try:
+    return absl_flags.FLAGS(argv)
+  except (KeyError, AttributeError, TypeError, ValueError, absl_flags.Error) as e:
+    print(f"error: {explain_flag_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)

@@ -340,36 +340,6 @@ def evaluate_bpb(eval_step, params, batches: list[dict], mesh, rows: list[int] |
 STAGES = {"pretrain": pretrain}
 
 
-def _explain_flag_error(argv: list[str], error: Exception) -> str:
-  """Turns config_flags' KeyError/AttributeError tracebacks into one line naming the bad key."""
-  path = None
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      path = argv[i + 1]
-  if path is None:
-    return str(error)
-  try:
-    base = config_lib.load_file(path)
-  except Exception as e:  # pylint: disable=broad-except
-    return f"{path}: {type(e).__name__}: {e}"
-  for arg in argv:
-    if arg.startswith("--config.") and "=" in arg:
-      message = config_lib.unknown_key_message(base, arg[len("--config."):].split("=", 1)[0])
-      if message:
-        return message
-  return str(error)
-
-
-def _parse_flags(argv: list[str]):
-  try:
-    return flags.FLAGS(argv)
-  except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
-    print(f"error: {_explain_flag_error(argv, e)}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -389,4 +359,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -3,7 +3,11 @@
 import os
 import sys
 
-import pytest
+# The dev extra installs libtpu (for tests/test_aot.py); without this, every JAX process would probe for a
+# TPU, print libtpu's warnings and hold /tmp/libtpu_lockfile. Compiling for TPU does not need the backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

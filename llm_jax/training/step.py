@@ -53,14 +53,17 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Call
     grads_sum, loss_sum, tokens_sum = carry
     micro_batch, micro_rng = xs
     (loss, tokens), grads = grad_fn(state.params, micro_batch, micro_rng)
-    return (jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss_sum + loss, tokens_sum + tokens), None
+    grads_sum = jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), grads_sum, grads)
+    return (grads_sum, loss_sum + loss, tokens_sum + tokens), None
 
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  # Gradients are summed in float32 whatever the parameters' dtype, then cast back to it, so that the
+  # optimizer state keeps its dtype from step to step (and the donated state's buffers can be reused).
+  zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
   rngs = jax.random.split(rng, grad_accum)
   (grads, loss_sum, tokens), _ = jax.lax.scan(
       micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (split_micro(batch, grad_accum), rngs))
   tokens = jnp.maximum(tokens, 1.0)
-  grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
+  grads = jax.tree_util.tree_map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss_sum / tokens, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
