@@ -82,12 +82,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def host_batch_to_global(batch: dict, mesh: Mesh) -> dict:
-  """Assembles each host's rows of a batch into global jax.Arrays sharded over the batch axes."""
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
 # Multi-host runs (llm_jax/train.py, README "Multi-host"). ConfigError is imported inside the functions:
 # llm_jax.config imports the model package, which may import this module.
 

@@ -23,6 +23,7 @@ from llm_jax.training import optim, state as state_lib  # noqa: E402
 from llm_jax.training.step import make_eval_step, make_train_step, next_token_loss  # noqa: E402
 
 STEPS, BATCH, SEQ = 5, 8, 32
+ALL_ROWS = list(range(BATCH))  # one process feeds every row
 MESHES = {  # name -> (mesh, grad_accum)
     "one_device": (dict(data=1), 1),
     "data8": (dict(data=8), 1),
@@ -80,9 +81,9 @@ def run(mesh_cfg: dict, grad_accum: int) -> dict:
   losses = []
   data = batches(config.model.vocab_size)
   for i, batch in enumerate(data):
-    state, metrics = step(state, sharding.host_batch_to_global(batch, mesh), jax.random.fold_in(state.rng, i))
+    state, metrics = step(state, sharding.rows_to_global(batch, ALL_ROWS, BATCH, mesh), jax.random.fold_in(state.rng, i))
     losses.append(float(metrics["loss"]))
-  nats = float(eval_step(state.params, sharding.host_batch_to_global(data[0], mesh))["nats"])
+  nats = float(eval_step(state.params, sharding.rows_to_global(data[0], ALL_ROWS, BATCH, mesh))["nats"])
   return {"losses": losses, "eval_nats": nats, "mesh": dict(mesh.shape),
           "microbatches": setup.model.pipeline_microbatches}
 
