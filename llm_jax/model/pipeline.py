@@ -39,7 +39,12 @@ AXIS = "stage"
 
 
 def split_microbatches(x, m: int):
-  """[B, ...] -> [m, B/m, ...], micro-batch i taking rows i, i+m, ... (each device keeps its own rows)."""
+  """[B, ...] -> [m, B/m, ...], micro-batch i taking rows i, i+m, i+2m, ...
+
+  Strided rather than contiguous: with B split over data-parallel devices, each device's rows stay on it and
+  every micro-batch is spread over all of them (a contiguous split would hand each micro-batch to a fraction
+  of the devices, or move rows between them). Gradient accumulation splits the same way.
+  """
   return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
 
 

@@ -19,6 +19,7 @@ import optax
 
 from llm_jax import sharding
 from llm_jax.eval import bpb
+from llm_jax.model.pipeline import split_microbatches
 from llm_jax.training.state import TrainState
 
 Batch = dict
@@ -35,14 +36,9 @@ def next_token_loss(model) -> Callable:
   return loss_fn
 
 
-def split_micro(batch: Batch, n: int) -> Batch:
-  """[B, ...] -> [n, B/n, ...], micro-batch i taking rows i, i+n, i+2n, ...
-
-  Strided rather than contiguous: with B split over data-parallel devices, each device's rows stay on it
-  and every micro-batch is spread over all devices (a contiguous split would hand each micro-batch to a
-  fraction of the devices, or reshuffle rows between them).
-  """
-  return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1), batch)
+def _split(batch: Batch, n: int) -> Batch:
+  """Micro-batches strided like the pipeline's (rows i, i+n, ...), so each data-parallel device keeps its rows."""
+  return jax.tree_util.tree_map(lambda x: split_microbatches(x, n), batch)
 
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Callable,
@@ -61,7 +57,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Call
   zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
   rngs = jax.random.split(rng, grad_accum)
   (grads, loss_sum, tokens), _ = jax.lax.scan(
-      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (split_micro(batch, grad_accum), rngs))
+      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (_split(batch, grad_accum), rngs))
   tokens = jnp.maximum(tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
