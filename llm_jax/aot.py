@@ -57,6 +57,7 @@ from ml_collections import config_flags
 
 from llm_jax import config as config_lib
 from llm_jax import sharding
+from llm_jax.data import pipeline
 from llm_jax.training import optim
 from llm_jax.training import state as state_lib
 from llm_jax.training.step import make_train_step, next_token_loss
@@ -242,7 +243,7 @@ def abstract_batch(config, mesh) -> dict:
   """The train loop's batch as ShapeDtypeStructs: int32 [global batch, seq_len], rows over (data, fsdp)."""
   shape = (config.data.batch_size, config.data.seq_len)
   spec = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
-  return {k: spec for k in ("inputs", "targets", "segment_ids", "positions")}
+  return {k: spec for k in pipeline.FEATURES}
 
 
 def compile_train_step(config, topology: str, *, hbm_gib: float | None = None, devices=None) -> Report:

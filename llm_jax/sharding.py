@@ -20,11 +20,14 @@ fastest links carry the per-layer collectives).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from llm_jax.config import ConfigError
 
 MESH_AXES = ("data", "stage", "fsdp", "tensor")
 RULES = (
@@ -82,8 +85,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-# Multi-host runs (llm_jax/train.py, README "Multi-host"). ConfigError is imported inside the functions:
-# llm_jax.config imports the model package, which may import this module.
+# Multi-host runs (llm_jax/train.py, README "Multi-host").
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> list[int]:
@@ -106,8 +108,7 @@ def rows_to_global(batch: dict, rows: list[int], batch_size: int, mesh: Mesh) ->
 
   def assemble(local):
     def shard(index):
-      wanted = [position[r] for r in range(batch_size)[index[0]]]
-      return local[wanted[0]:wanted[-1] + 1] if wanted == list(range(wanted[0], wanted[-1] + 1)) else local[wanted]
+      return local[[position[r] for r in range(batch_size)[index[0]]]]
     return jax.make_array_from_callback((batch_size,) + local.shape[1:], sharding, shard)
 
   return {k: assemble(v) for k, v in batch.items()}
@@ -115,8 +116,6 @@ def rows_to_global(batch: dict, rows: list[int], batch_size: int, mesh: Mesh) ->
 
 def _distributed_value(config_value, env_name: str, key: str, cast):
   """config.distributed.<key> unless unset ("" / -1), else the environment variable, else None."""
-  import os  # pylint: disable=import-outside-toplevel
-  from llm_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   if config_value not in ("", -1, None):
     return config_value
   raw = os.environ.get(env_name, "").strip()
@@ -139,7 +138,6 @@ def initialize_distributed(config) -> bool:
   Cross-process CPU collectives go through gloo, set before initialising: it affects only the CPU backend,
   so it is harmless on GPU/TPU hosts, and a CPU-only job needs it before its backend exists.
   """
-  from llm_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   d = config.distributed
   address = _distributed_value(d.coordinator_address, "JAX_COORDINATOR_ADDRESS", "coordinator_address", str)
   num = _distributed_value(d.num_processes, "JAX_NUM_PROCESSES", "num_processes", int)

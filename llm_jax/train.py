@@ -199,6 +199,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise config_lib.ConfigError(f"config.{e} (--config.mesh.data=-1 takes whatever devices are left)") from None
   setup = state_lib.build(config, mesh)  # checks that the model splits over the mesh
   state_lib.check_batch_fits_mesh(config, mesh)
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  start = mngr.latest_step() or 0
+  if start >= config.train.steps:  # nothing to do: report, without building data or restoring arrays
+    evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
+    last = evals[-1] if evals else {}
+    _print(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps}); last eval: "
+           f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
+    mngr.close()
+    return {"step": start, "complete": True, **last}
   batch_size = config.data.batch_size
   rows = sharding.process_rows(mesh, batch_size)  # the rows of every global batch this process feeds
   train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok,
@@ -214,16 +223,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model, model_cfg, tx, seq_len = setup.model, setup.model_config, setup.tx, config.data.seq_len
   rng = jax.random.PRNGKey(config.seed)
 
-  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-  start = mngr.latest_step() or 0
-  if start >= config.train.steps:  # nothing to do: report, without restoring any arrays
-    evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
-    last = evals[-1] if evals else {}
-    _print(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps}); last eval: "
-           f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('eval/')} }. Raise train.steps to continue.")
-    mngr.close()
-    data_iter.close()
-    return {"step": start, "complete": True, **last}
   if start:
     state = checkpoint.restore(mngr, setup.abstract_state, data_iter)
     _print(f"resuming from {workdir}/checkpoints/{start}")
