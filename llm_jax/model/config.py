@@ -10,6 +10,9 @@ The switches are the ones the seed walks through, so each can be ablated alone:
                  ("AC" alternates; the hybrid the seed looks ahead to)
   numerics       dtype (compute) vs param_dtype (storage); logits and softmax always in float32
   memory         remat none | full | dots (save matmul outputs only); scan_layers (one compiled block)
+  quant          none | int8 | w8a8: int8 matmul kernels with a float32 scale per output channel, for
+                 inference (llm_jax/model/quant.py makes them from trained parameters); int8 is weight-only,
+                 w8a8 also quantizes each token's activations and multiplies in int8
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ NORM_POSITIONS = ("pre", "post")
 MLPS = ("swiglu", "gelu")
 REMATS = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
+QUANTS = ("none", "int8", "w8a8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat: str = "none"
+  quant: str = "none"
 
   def __post_init__(self):
     def check(ok, field, allowed):
@@ -65,6 +70,7 @@ class ModelConfig:
     check(self.norm_position in NORM_POSITIONS, "norm_position", f"one of {NORM_POSITIONS}")
     check(self.mlp in MLPS, "mlp", f"one of {MLPS}")
     check(self.remat in REMATS, "remat", f"one of {REMATS}")
+    check(self.quant in QUANTS, "quant", f"one of {QUANTS}")
     check(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"one of {ROPE_SCALINGS}")
     check(self.layer_pattern and set(self.layer_pattern) <= {"A", "C"}, "layer_pattern", "a string of 'A' and 'C'")
     check(self.n_layers % len(self.layer_pattern) == 0, "layer_pattern",

@@ -27,10 +27,9 @@ def _zeros(axes):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def dense(cfg: ModelConfig, features: int, std: float, axes: tuple, name: str, use_bias: bool) -> nn.Dense:
-  """A Dense layer with the config's dtypes, a normal(std) kernel and logical axes (in, out)."""
-  return nn.Dense(features, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                  kernel_init=init(std, axes), bias_init=_zeros(axes[-1:]), name=name)
+def dense(cfg: ModelConfig, features: int, std: float, axes: tuple, name: str, use_bias: bool) -> "Projection":
+  """A Dense layer (kernel [in, features], optional bias) with the config's dtypes and logical axes (in, out)."""
+  return Projection(cfg, (features,), axes, std, use_bias, name=name)
 
 
 class Embed(nn.Embed):
@@ -48,10 +47,14 @@ class Embed(nn.Embed):
 
 
 class Projection(nn.Module):
-  """x @ kernel (+ bias) with a multi-axis kernel: [D] -> [N, H] (q, k, v) or [N, H] -> [D] (o, n_in=2).
+  """x @ kernel (+ bias) with a multi-axis kernel: [D] -> [N, H] (q, k, v), [N, H] -> [D] (o, n_in=2), [D] -> [F].
 
   The kernel is created in its final shape, so its logical axis names fit it at every point (flax's
   DenseGeneral initialises a flattened 2-D kernel, which clashes with the names once rules are active).
+  With cfg.quant != "none" the kernel is int8 with a float32 `scale` per output channel (shape `features`),
+  made by llm_jax/model/quant.py. "int8": weight-only (the kernel is converted to the compute dtype for
+  the matmul). "w8a8": the input is quantized too, per token, and the matmul runs in int8 with int32
+  accumulation (on XLA:CPU the faster one at large batch; see the README's inference numbers).
   """
   cfg: ModelConfig
   features: tuple[int, ...]
@@ -63,8 +66,24 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x):
     dtype, pdtype = jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
-    kernel = self.param("kernel", init(self.std, self.axes), x.shape[-self.n_in:] + self.features, pdtype)
-    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in)
+    shape = x.shape[-self.n_in:] + self.features
+    if self.cfg.quant != "none":
+      kernel = self.param("kernel", _zeros(self.axes), shape, jnp.int8)
+      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, self.axes[self.n_in:]),
+                         self.features, jnp.float32)
+      if self.cfg.quant == "int8":
+        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in) * scale.astype(dtype)
+      else:  # w8a8: x quantized per token (absmax over the contracted dims), an int8 x int8 -> int32 matmul
+        contracted = tuple(range(x.ndim - self.n_in, x.ndim))
+        x_scale = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=contracted, keepdims=True) / 127.0
+        x_q = jnp.round(x.astype(jnp.float32) / jnp.maximum(x_scale, 1e-30)).astype(jnp.int8)
+        y_int = jax.lax.dot_general(x_q, kernel, ((contracted, tuple(range(self.n_in))), ((), ())),
+                                    preferred_element_type=jnp.int32)
+        x_scale = x_scale.reshape(x_scale.shape[:x.ndim - self.n_in] + (1,) * len(self.features))
+        y = (y_int.astype(jnp.float32) * x_scale * scale).astype(dtype)
+    else:
+      kernel = self.param("kernel", init(self.std, self.axes), shape, pdtype)
+      y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in)
     if self.use_bias:
       y = y + self.param("bias", _zeros(self.axes[self.n_in:]), self.features, pdtype).astype(dtype)
     return y
@@ -138,12 +157,42 @@ def attention_mask(segment_ids_BT):
   return (causal_TS[None] & same_BTS)[:, None, None]
 
 
+def _quantize_heads(x_BTKH):
+  """int8 values and a float32 absmax scale per (row, position, kv head): the int8 KV cache's format."""
+  scale_BTK = jnp.max(jnp.abs(x_BTKH.astype(jnp.float32)), axis=-1) / 127.0
+  q_BTKH = jnp.round(x_BTKH.astype(jnp.float32) / jnp.maximum(scale_BTK, 1e-30)[..., None])
+  return q_BTKH.astype(jnp.int8), scale_BTK
+
+
+# Cache layouts, chosen so decoding reads the cache with plain batched matmuls over (B, K) and writes new
+# slots with one dynamic_update_slice: keys [B, K, H, S] (q.k contracts H), values [B, K, S, H] (p.v
+# contracts S), int8 scales [B, K, S]. SLOT_AXIS is where each cache array keeps its slots.
+SLOT_AXIS = {"k": 3, "v": 2, "k_scale": 2, "v_scale": 2}
+
+
+def cache_entry(k_BTKH, v_BTKH, cache_dtype) -> dict:
+  """New keys/values in the cache's layout and dtype (T new slots): int8 with per-head scales if int8."""
+  if cache_dtype == jnp.int8:
+    (k, k_scale), (v, v_scale) = _quantize_heads(k_BTKH), _quantize_heads(v_BTKH)
+    entry = {"k": k, "v": v, "k_scale": k_scale, "v_scale": v_scale}
+  else:
+    entry = {"k": k_BTKH.astype(cache_dtype), "v": v_BTKH.astype(cache_dtype)}
+  to_layout = {"k": (0, 2, 3, 1), "v": (0, 2, 1, 3), "k_scale": (0, 2, 1), "v_scale": (0, 2, 1)}
+  return {name: jnp.transpose(x, to_layout[name]) for name, x in entry.items()}
+
+
 class Attention(nn.Module):
-  """Grouped-query attention: n_kv_heads = n_heads is MHA, 1 is MQA."""
+  """Grouped-query attention: n_kv_heads = n_heads is MHA, 1 is MQA.
+
+  Without a cache: attention within the given tokens (causal, within segments). With a cache (a dict of
+  keys [B, K, H, S] and values [B, K, S, H], float or int8 with per-head scales) and valid_BS (which
+  slots of each row hold a token): the T new tokens attend to the valid cached slots and causally to each
+  other (segment id 0 marks padding); returns (output, cache_entry of the new keys/values).
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, valid_BS=None):
     c = self.cfg
     dtype = jnp.dtype(c.dtype)
     std, out_std = c.d_model ** -0.5, (c.n_heads * c.head_dim) ** -0.5 / (2 * c.n_layers) ** 0.5
@@ -161,41 +210,98 @@ class Attention(nn.Module):
 
     b, t, _, h = q_BTNH.shape
     q_BTKGH = q_BTNH.reshape(b, t, c.n_kv_heads, c.n_heads // c.n_kv_heads, h)
-    logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH,
-                              preferred_element_type=jnp.float32) * h ** -0.5
+    logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH, preferred_element_type=jnp.float32) * h ** -0.5
     logits_BKGTS = jnp.where(attention_mask(segment_ids_BT), logits_BKGTS, jnp.finfo(jnp.float32).min)
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
-    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BTKH)
+    if cache is None:
+      probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
+      out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BTKH)
+    else:
+      out_BTKGH = self._with_cache(q_BTKGH, logits_BKGTS, v_BTKH, cache, valid_BS)
     out_BTNH = nn.with_logical_constraint(out_BTKGH.reshape(b, t, c.n_heads, h),
                                           ("batch", "length", "heads", "head_dim"))
-    return Projection(c, (c.d_model,), ("heads", "head_dim", "embed"), out_std, c.attn_bias, n_in=2,
-                      name="o")(out_BTNH)
+    out_BTD = Projection(c, (c.d_model,), ("heads", "head_dim", "embed"), out_std, c.attn_bias, n_in=2,
+                         name="o")(out_BTNH)
+    if cache is None:
+      return out_BTD
+    return out_BTD, cache_entry(k_BTKH, v_BTKH, cache["k"].dtype)
+
+  def _with_cache(self, q_BTKGH, new_logits_BKGTT, v_BTKH, cache, valid_BS):
+    """One softmax over [valid cached slots] + [new tokens]; int8 scales are applied to the logits and
+    probabilities rather than to the cache, so the cache is never dequantized as a whole.
+
+    The two cache matmuls are written as [B, K] batches of [G*T, H] x [H, S] and [G*T, S] x [S, H], with the
+    queries first: the form XLA:CPU runs fastest (other operand orders were ~4x slower when decoding).
+    """
+    dtype = jnp.dtype(self.cfg.dtype)
+    b, t, k, g, h = q_BTKGH.shape
+    k_BKHS, v_BKSH = cache["k"], cache["v"]
+    slots = v_BKSH.shape[2]
+    q_BKMH = jnp.transpose(q_BTKGH, (0, 2, 3, 1, 4)).reshape(b, k, g * t, h).astype(jnp.float32)
+    # Logits in float32 from float32 operands (XLA:CPU has no bf16 x bf16 -> f32 batched dot).
+    cached_BKMS = jnp.einsum("bkmh,bkhs->bkms", q_BKMH, k_BKHS.astype(jnp.float32)) * h ** -0.5
+    cached_BKGTS = cached_BKMS.reshape(b, k, g, t, slots)
+    if "k_scale" in cache:
+      cached_BKGTS = cached_BKGTS * cache["k_scale"][:, :, None, None, :]
+    cached_BKGTS = jnp.where(valid_BS[:, None, None, None, :], cached_BKGTS, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(jnp.concatenate([cached_BKGTS, new_logits_BKGTT], axis=-1), axis=-1)
+    cached_probs, new_probs = probs[..., :slots], probs[..., slots:]
+    if "v_scale" in cache:
+      cached_probs = cached_probs * cache["v_scale"][:, :, None, None, :]
+    cached_BKMH = jnp.einsum("bkms,bksh->bkmh", cached_probs.reshape(b, k, g * t, slots).astype(dtype),
+                             v_BKSH.astype(dtype))
+    cached_BTKGH = jnp.transpose(cached_BKMH.reshape(b, k, g, t, h), (0, 3, 1, 2, 4))
+    return cached_BTKGH + jnp.einsum("bkgts,bskh->btkgh", new_probs.astype(dtype), v_BTKH)
 
 
 class ConvMixer(nn.Module):
   """Causal depthwise-convolution token mixer (a gated short convolution, as in H3/Hyena-style hybrids).
 
   y = out(silu(gate(x)) * conv_K(value(x))), where conv_K mixes each channel over the previous K tokens of
-  the same segment only, so packed documents stay apart as they do under attention.
+  the same segment only, so packed documents stay apart as they do under attention. With a cache
+  ({"state": the last K-1 values of each row [B, K-1, D]}) the new tokens (segment id > 0; padding first,
+  as the engine lays out chunks) continue from the state; returns (output, {"state": updated}).
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, segment_ids_BT):
-    del positions_BT
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, valid_BS=None):
+    del positions_BT, valid_BS
     c = self.cfg
     dtype = jnp.dtype(c.dtype)
     value_BTD = dense(c, c.d_model, c.d_model ** -0.5, ("embed", "mlp"), "value", c.attn_bias)(x_BTD)
     gate_BTD = dense(c, c.d_model, c.d_model ** -0.5, ("embed", "mlp"), "gate", c.attn_bias)(x_BTD)
     kernel_KD = self.param("kernel", init(c.conv_kernel ** -0.5, (None, "mlp")), (c.conv_kernel, c.d_model),
                            jnp.dtype(c.param_dtype))
-    mixed_BTD = jnp.zeros_like(value_BTD)
-    for k in range(c.conv_kernel):  # K is small (4): K shifted multiply-adds beat a general conv here
-      shifted_BTD = jnp.pad(value_BTD, ((0, 0), (k, 0), (0, 0)))[:, :value_BTD.shape[1]]
-      same_BT = jnp.pad(segment_ids_BT, ((0, 0), (k, 0)), constant_values=-1)[:, :segment_ids_BT.shape[1]]
-      mixed_BTD = mixed_BTD + jnp.where((same_BT == segment_ids_BT)[..., None], shifted_BTD, 0) * kernel_KD[k].astype(dtype)
+    t, back = value_BTD.shape[1], c.conv_kernel - 1
+    if cache is None:
+      mixed_BTD = jnp.zeros_like(value_BTD)
+      for k in range(c.conv_kernel):  # K is small (4): K shifted multiply-adds beat a general conv here
+        shifted_BTD = jnp.pad(value_BTD, ((0, 0), (k, 0), (0, 0)))[:, :t]
+        same_BT = jnp.pad(segment_ids_BT, ((0, 0), (k, 0)), constant_values=-1)[:, :t]
+        mixed_BTD = mixed_BTD + jnp.where((same_BT == segment_ids_BT)[..., None], shifted_BTD, 0) * kernel_KD[k].astype(dtype)
+      new = None
+    else:
+      # history = state ++ chunk; the token k back from chunk position t is history[back + t - k] when that
+      # is a new token, else it reaches over the chunk's leading padding into the state.
+      history_BXD = jnp.concatenate([cache["state"].astype(dtype), value_BTD], axis=1)
+      pad_B1 = t - jnp.sum(segment_ids_BT > 0, axis=1, keepdims=True)
+
+      def back_index(t_BT, k):
+        within = t_BT - k >= pad_B1
+        return jnp.where(within, back + t_BT - k, back + t_BT - pad_B1 - k)
+
+      t_BT = jnp.broadcast_to(jnp.arange(t)[None, :], segment_ids_BT.shape)
+      mixed_BTD = jnp.zeros_like(value_BTD)
+      for k in range(c.conv_kernel):
+        shifted_BTD = jnp.take_along_axis(history_BXD, jnp.maximum(back_index(t_BT, k), 0)[..., None], axis=1)
+        mixed_BTD = mixed_BTD + shifted_BTD * kernel_KD[k].astype(dtype)
+      last_BK = back_index(jnp.full((t_BT.shape[0], back), t), jnp.arange(back, 0, -1)[None, :])
+      new = {"state": jnp.take_along_axis(history_BXD, jnp.maximum(last_BK, 0)[..., None], axis=1)
+             .astype(cache["state"].dtype)}
     h_BTD = nn.with_logical_constraint(nn.silu(gate_BTD) * mixed_BTD, ("batch", "length", "mlp"))
-    return dense(c, c.d_model, c.d_model ** -0.5 / (2 * c.n_layers) ** 0.5, ("mlp", "embed"), "out", c.attn_bias)(h_BTD)
+    out_BTD = dense(c, c.d_model, c.d_model ** -0.5 / (2 * c.n_layers) ** 0.5, ("mlp", "embed"), "out",
+                    c.attn_bias)(h_BTD)
+    return out_BTD if cache is None else (out_BTD, new)
 
 
 class MLP(nn.Module):
@@ -219,21 +325,30 @@ class Block(nn.Module):
 
   pre-norm:  x + mixer(norm(x)), then + mlp(norm(x))   (GPT-2, Llama: stable at depth)
   post-norm: norm(x + mixer(x)), then norm(x + mlp(x))  (the original Transformer)
+
+  With a cache (the mixer's) returns (x, the mixer's new cache entry).
   """
   cfg: ModelConfig
   kind: str = "A"
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, valid_BS=None):
     c = self.cfg
     mixer = Attention(c, name="attn") if self.kind == "A" else ConvMixer(c, name="conv")
+    entry = {}
+
+    def mix(y):
+      if cache is None:
+        return mixer(y, positions_BT, segment_ids_BT)
+      y, entry["new"] = mixer(y, positions_BT, segment_ids_BT, cache, valid_BS)
+      return y
 
     def residual(x, norm_name, fn):
       if c.norm_position == "pre":
         return x + fn(Norm(c, name=norm_name)(x))
       return Norm(c, name=norm_name)(x + fn(x))
 
-    x_BTD = residual(x_BTD, "attn_norm" if self.kind == "A" else "conv_norm",
-                     lambda y: mixer(y, positions_BT, segment_ids_BT))
+    x_BTD = residual(x_BTD, "attn_norm" if self.kind == "A" else "conv_norm", mix)
     x_BTD = residual(x_BTD, "mlp_norm", MLP(c, name="mlp"))
-    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    return x_BTD if cache is None else (x_BTD, entry["new"])
