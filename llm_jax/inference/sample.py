@@ -1,60 +1,53 @@
-"""A simple sampler without KV cache: re-runs the whole (fixed-size) buffer for every new token.
+"""Text in, text out: prompts are encoded (starting with BOS, like training pieces), decoded by the KV-cache
+engine (llm_jax/inference/engine.py) and stopped at EOS, which is left out of the text.
 
-Quadratic in length and meant for short samples at the end of training; the KV-cache engine is
-`llm_jax.inference.engine`'s job. One jitted `lax.fori_loop`, one compile per buffer size; prompts of
-different lengths share a batch (each row keeps its own write position). temperature 0 is greedy.
+    texts = sample.generate(model, params, tokenizer, ["def "], max_new_tokens=64, temperature=0.8, top_p=0.95)
+    for pieces in sample.stream(model, params, tokenizer, ["def "], max_new_tokens=64): print(pieces[0], end="")
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
-import numpy as np
+from typing import Iterator
 
 from llm_jax.data import pipeline
+from llm_jax.inference import engine as engine_lib
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
-def _sample(model, params, tokens_BL, lengths_B, rng, temperature, max_new_tokens: int):
-  rows = jnp.arange(tokens_BL.shape[0])
+def _setup(model, params, tokenizer, prompts, engine):
+  engine = engine or engine_lib.Engine(model, params)
+  start = pipeline.start_ids(tokenizer)
+  stop = [tokenizer.eos_id] if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else []
+  return engine, [start + tokenizer.encode(p) for p in prompts], stop
 
-  def body(i, carry):
-    tokens_BL, lengths_B = carry
-    logits_BLV = model.apply({"params": params}, tokens_BL)
-    logits_BV = logits_BLV[rows, lengths_B - 1]
-    key = jax.random.fold_in(rng, i)
-    sampled_B = jax.random.categorical(key, logits_BV / jnp.maximum(temperature, 1e-6))
-    next_B = jnp.where(temperature > 0, sampled_B, jnp.argmax(logits_BV, axis=-1))
-    return tokens_BL.at[rows, lengths_B].set(next_B.astype(tokens_BL.dtype)), lengths_B + 1
 
-  tokens_BL, _ = jax.lax.fori_loop(0, max_new_tokens, body, (tokens_BL, lengths_B))
-  return tokens_BL
+def _text(tokenizer, ids: list[int], stop: list[int]) -> str:
+  return tokenizer.decode([t for t in ids if t not in stop])
 
 
 def generate(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-             seed: int = 0, max_len: int | None = None) -> list[str]:
-  """Continuations (text after each prompt) of `prompts`; each prompt starts with BOS, like training pieces."""
-  model = model.clone(pipeline_stages=1)  # decoding runs the plain layer stack (same parameters)
-  start = pipeline.start_ids(tokenizer)
-  encoded = [start + tokenizer.encode(p) for p in prompts]
-  max_len = max_len or model.cfg.max_seq_len
-  longest = max(len(e) for e in encoded)
-  if longest + max_new_tokens > max_len:
-    raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
-                     f"max_seq_len={max_len}")
-  # Slots past a row's length are never read before they are written (causal), so any filler id works.
-  buffer = np.zeros((len(prompts), longest + max_new_tokens), np.int32)
-  for row, ids in enumerate(encoded):
-    buffer[row, :len(ids)] = ids
-  lengths = np.array([len(e) for e in encoded], np.int32)
-  out = np.asarray(_sample(model, params, jnp.asarray(buffer), jnp.asarray(lengths), jax.random.PRNGKey(seed),
-                           jnp.float32(temperature), max_new_tokens))
-  texts = []
-  for row, n in enumerate(lengths):
-    new = [int(t) for t in out[row, n:n + max_new_tokens]]
-    if tokenizer.eos_id in new:
-      new = new[:new.index(tokenizer.eos_id)]
-    texts.append(tokenizer.decode(new))
-  return texts
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0,
+             engine: engine_lib.Engine | None = None) -> list[str]:
+  """Continuations (the text after each prompt); temperature 0 is greedy. Pass an `engine` to reuse its
+  compiled functions (and its mesh / quantization) across calls."""
+  engine, encoded, stop = _setup(model, params, tokenizer, prompts, engine)
+  sampling = engine_lib.Sampling(temperature, top_k, top_p, min_p)
+  outs = engine.generate(encoded, max_new_tokens, sampling, stop_ids=stop, seed=seed)
+  return [_text(tokenizer, out, stop) for out in outs]
+
+
+def stream(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+           top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0, chunk: int = 8,
+           engine: engine_lib.Engine | None = None) -> Iterator[list[str]]:
+  """Yields each row's new text every `chunk` tokens (decoded from all its tokens so far, so multi-token
+  characters come out whole)."""
+  engine, encoded, stop = _setup(model, params, tokenizer, prompts, engine)
+  sampling = engine_lib.Sampling(temperature, top_k, top_p, min_p)
+  tokens, shown = [[] for _ in prompts], ["" for _ in prompts]
+  for new in engine.stream(encoded, max_new_tokens, sampling, stop_ids=stop, seed=seed, chunk=chunk):
+    pieces = []
+    for row, ids in enumerate(new):
+      tokens[row] += ids
+      text = _text(tokenizer, tokens[row], stop)
+      pieces.append(text[len(shown[row]):] if text.startswith(shown[row]) else text)
+      shown[row] = text
+    yield pieces

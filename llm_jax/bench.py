@@ -1,0 +1,256 @@
+"""Benchmarks; each prints one JSON line on stdout (progress goes to stderr).
+
+    python -m llm_jax.bench decode --config configs/bench_cpu.py [--workdir runs/bench_cpu] [--peer hf]
+
+decode: the inference engine on the config's model shape, greedy, every figure the median of --repeats
+timed runs after a warm-up (compilation excluded), each run timing prefill + decode together:
+  prefill_tok_s                      one --prefill_tokens prompt, float32
+  decode_b{1,B}_tok_s_{variant}      --new_tokens after a --prompt_tokens prompt, batch 1 and --batch
+                                     (aggregate); variants float32, bfloat16 (weights and compute), int8
+                                     (weight-only int8, float32 compute), w8a8 (int8 weights and per-token
+                                     int8 activations, int32 accumulation); "_kv": with an int8 KV cache
+  nocache_b1_tok_s / cache_b1_tok_s_at_{N}   --nocache_tokens new tokens at batch 1 without the cache
+                                     (the whole prefix recomputed per token, padded to 64-token buckets so
+                                     its cost grows with the prefix) and with it
+  ratio_*                            the ratios the engine is judged by
+  bpb_{variant}, delta_bpb_{variant}_pct     with --workdir (a trained run of this shape): bits per byte
+                                     on --bpb_rows validation documents, float32 vs quantized
+  peer_*, ratio_*_vs_peer            with --peer hf: Hugging Face transformers' LlamaForCausalLM of the same
+                                     shape (random weights, float32) and `generate` with its KV cache, on
+                                     the same machine in the same run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from llm_jax import config as config_lib
+from llm_jax.inference import engine as engine_lib
+from llm_jax.model import Transformer, quant
+from llm_jax.model.transformer import unstack_layers
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/bench_cpu.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run of this shape: its weights and bits per byte.")
+_PEER = flags.DEFINE_enum("peer", "none", ["none", "hf"], "Also run Hugging Face transformers' generate.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (the median is reported).")
+_BATCH = flags.DEFINE_integer("batch", 32, "The large batch.")
+_PROMPT = flags.DEFINE_integer("prompt_tokens", 16, "Prompt length for the decode figures.")
+_NEW = flags.DEFINE_integer("new_tokens", 256, "New tokens per row for the decode figures.")
+_NOCACHE = flags.DEFINE_integer("nocache_tokens", 512, "New tokens for the cache vs no-cache comparison.")
+_PREFILL = flags.DEFINE_integer("prefill_tokens", 512, "Prompt length for the prefill figure.")
+_VARIANTS = flags.DEFINE_list("variants", ["float32", "bfloat16", "int8", "int8_kv", "w8a8", "w8a8_kv"],
+                              "Numerics to time (see `variant`).")
+_BPB_ROWS = flags.DEFINE_integer("bpb_rows", 64, "Validation documents for bits per byte (--workdir).")
+
+
+def _log(msg: str):
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _median_time(fn, repeats: int) -> float:
+  fn()  # warm-up: compiles
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def variant(model, params, name: str):
+  """(model, params, KV-cache dtype) for a numerics variant: float32, bfloat16, int8 or w8a8 weights
+  (model/quant.py), "_kv" added for an int8 KV cache."""
+  base, kv = name.removesuffix("_kv"), name.endswith("_kv")
+  if base == "float32":
+    pass
+  elif base == "bfloat16":
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+    model = model.clone(cfg=model.cfg.replace(dtype="bfloat16", param_dtype="bfloat16"))
+  elif base in ("int8", "w8a8"):
+    model, params = quant.quantize(model, params, base)
+  else:
+    raise ValueError(f"unknown variant {name!r}: float32, bfloat16, int8 or w8a8, optionally with _kv")
+  return model, params, ("int8" if kv else None)
+
+
+def decode_tok_s(engine, batch: int, prompt_len: int, new_tokens: int, repeats: int, vocab: int) -> float:
+  prompts = np.random.RandomState(0).randint(1, vocab, (batch, prompt_len)).tolist()
+
+  def run():
+    state = engine.start(prompts, new_tokens)
+    _, out = engine.decode(state, new_tokens)
+    assert (out != engine_lib.NO_TOKEN).all()  # no stop tokens: every row produced every token
+  return batch * new_tokens / _median_time(run, repeats)
+
+
+def prefill_tok_s(engine, prompt_len: int, repeats: int, vocab: int) -> float:
+  prompts = np.random.RandomState(1).randint(1, vocab, (1, prompt_len)).tolist()
+  return prompt_len / _median_time(lambda: jax.block_until_ready(engine.start(prompts, 1).logits), repeats)
+
+
+def nocache_generate(model, params, prompt: list[int], new_tokens: int, bucket: int = 64) -> list[int]:
+  """Greedy decoding without a cache: the whole prefix is recomputed for every token (one jitted forward
+  per 64-token length bucket, so the work per token grows with the prefix as it must)."""
+  forward = _nocache_forward(model)
+  ids = list(prompt)
+  for _ in range(new_tokens):
+    padded = np.zeros((1, -(-len(ids) // bucket) * bucket), np.int32)
+    padded[0, :len(ids)] = ids
+    ids.append(int(forward(params, padded, len(ids) - 1)))
+  return ids[len(prompt):]
+
+
+_FORWARDS = {}
+
+
+def _nocache_forward(model):
+  if model not in _FORWARDS:
+    _FORWARDS[model] = jax.jit(lambda p, ids, last: jnp.argmax(model.apply({"params": p}, ids)[0, last]))
+  return _FORWARDS[model]
+
+
+def bits_per_byte(model, params, rows: list[list[int]], token_bytes, cache_dtype=None, chunk: int = 32) -> float:
+  """bpb of rows (token lists of one length): one forward pass, or with cache_dtype chunk by chunk through
+  the KV cache (so later chunks read the cached, e.g. int8, keys and values)."""
+  from llm_jax.eval import bpb  # pylint: disable=import-outside-toplevel
+  ids = jnp.asarray(rows, jnp.int32)
+  inputs, targets = ids[:, :-1], ids[:, 1:]
+  if cache_dtype is None:
+    logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, inputs)
+  else:
+    state = engine_lib.new_state(model, inputs.shape[0], inputs.shape[1], jax.random.PRNGKey(0), cache_dtype)
+    step = jax.jit(lambda p, c, x: model.apply({"params": p}, x, cache=c))
+    cache, parts = state.cache, []
+    for start in range(0, inputs.shape[1], chunk):
+      part, cache = step(params, cache, inputs[:, start:start + chunk])
+      parts.append(part)
+    logits = jnp.concatenate(parts, axis=1)
+  nats, num_bytes, _ = bpb.token_nats_and_bytes(logits, targets, jnp.ones(targets.shape), jnp.asarray(token_bytes))
+  return bpb.bits_per_byte(nats, num_bytes)
+
+
+def _validation_rows(config, tok, n: int, length: int) -> list[list[int]]:
+  from llm_jax.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+  _, val = sources.split(sources.load_documents(config.data.source), config.data.val_fraction)
+  rows = []
+  for doc in val:
+    ids = pipeline.start_ids(tok) + tok.encode(doc["text"])
+    if len(ids) >= length:
+      rows.append(ids[:length])
+    if len(rows) == n:
+      break
+  if not rows:
+    raise ValueError(f"no validation document of {config.data.source!r} has {length} tokens")
+  return rows
+
+
+def hf_peer(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+  """tok/s of transformers' LlamaForCausalLM.generate (greedy, KV cache) with the same shape."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(os.cpu_count() or 1)
+  hf_cfg = transformers.LlamaConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+      num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+      head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+      tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta)
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(hf_cfg).eval()
+  out = {"peer": f"transformers {transformers.__version__} LlamaForCausalLM.generate, torch {torch.__version__}, "
+                 f"{torch.get_num_threads()} threads"}
+  for b in (1, batch):
+    ids = torch.randint(1, cfg.vocab_size, (b, prompt_len))
+
+    def run(ids=ids):
+      with torch.no_grad():
+        got = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+      assert got.shape[1] == prompt_len + new_tokens
+    out[f"peer_decode_b{b}_tok_s"] = b * new_tokens / _median_time(run, repeats)
+    _log(f"peer batch {b}: {out[f'peer_decode_b{b}_tok_s']:.0f} tok/s")
+  return out
+
+
+def bench_decode(config) -> dict:
+  cfg = config_lib.model_config(config).replace(scan_layers=False)  # the layout the engine decodes with
+  model = Transformer(cfg)
+  if _WORKDIR.value:
+    import llm_jax  # pylint: disable=import-outside-toplevel
+    saved, params, tok = llm_jax.load(_WORKDIR.value)
+    saved_cfg, params = unstack_layers(config_lib.model_config(saved), params)
+    if saved_cfg != cfg:
+      raise config_lib.ConfigError(f"--workdir={_WORKDIR.value} holds another model than --config")
+  else:
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    tok = None
+  b, repeats = _BATCH.value, _REPEATS.value
+  result = {"bench": "decode", "device": f"{jax.devices()[0].device_kind} x{jax.device_count()} "
+                                         f"({os.cpu_count()} cpu cores)",
+            "params": cfg.num_params(), "batch": b, "prompt_tokens": _PROMPT.value, "new_tokens": _NEW.value,
+            "repeats": repeats, "weights": "trained: " + _WORKDIR.value if _WORKDIR.value else "random"}
+  fp32 = engine_lib.Engine(model, params)
+  result["prefill_tok_s"] = prefill_tok_s(fp32, _PREFILL.value, repeats, cfg.vocab_size)
+  _log(f"prefill: {result['prefill_tok_s']:.0f} tok/s")
+  for name in _VARIANTS.value:
+    vmodel, vparams, cache_dtype = variant(model, params, name)
+    engine = engine_lib.Engine(vmodel, vparams, cache_dtype=cache_dtype)
+    for batch in (1, b):
+      key = f"decode_b{batch}_tok_s_{name}"
+      result[key] = decode_tok_s(engine, batch, _PROMPT.value, _NEW.value, repeats, cfg.vocab_size)
+      _log(f"{name} batch {batch}: {result[key]:.0f} tok/s")
+    result[f"ratio_b{b}_vs_b1_{name}"] = result[f"decode_b{b}_tok_s_{name}"] / result[f"decode_b1_tok_s_{name}"]
+
+  n = _NOCACHE.value
+  prompt = list(range(1, _PROMPT.value + 1))
+  result[f"nocache_b1_tok_s_at_{n}"] = n / _median_time(lambda: nocache_generate(model, params, prompt, n), repeats)
+  result[f"cache_b1_tok_s_at_{n}"] = decode_tok_s(fp32, 1, _PROMPT.value, n, repeats, cfg.vocab_size)
+  result[f"ratio_cache_vs_nocache_at_{n}"] = result[f"cache_b1_tok_s_at_{n}"] / result[f"nocache_b1_tok_s_at_{n}"]
+  _log(f"no cache vs cache at {n} tokens: {result[f'nocache_b1_tok_s_at_{n}']:.0f} vs "
+       f"{result[f'cache_b1_tok_s_at_{n}']:.0f} tok/s")
+
+  if tok is not None:
+    rows = _validation_rows(config, tok, _BPB_ROWS.value, config.data.seq_len + 1)
+    token_bytes = tok.token_bytes()
+    result["bpb_rows"] = len(rows)
+    result["bpb_float32"] = bits_per_byte(model, params, rows, token_bytes)
+    for name in _VARIANTS.value:
+      if name == "float32":
+        continue
+      vmodel, vparams, cache_dtype = variant(model, params, name)
+      result[f"bpb_{name}"] = bits_per_byte(vmodel, vparams, rows, token_bytes, cache_dtype)
+      result[f"delta_bpb_{name}_pct"] = 100 * (result[f"bpb_{name}"] / result["bpb_float32"] - 1)
+      _log(f"bpb {name}: {result[f'bpb_{name}']:.4f} (float32 {result['bpb_float32']:.4f})")
+
+  if _PEER.value == "hf":
+    result.update(hf_peer(cfg, b, _PROMPT.value, _NEW.value, repeats))
+    for name in _VARIANTS.value:
+      for batch in (1, b):
+        result[f"ratio_decode_b{batch}_{name}_vs_peer"] = (result[f"decode_b{batch}_tok_s_{name}"]
+                                                           / result[f"peer_decode_b{batch}_tok_s"])
+  return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ("decode",):
+    raise app.UsageError("usage: python -m llm_jax.bench decode --config configs/NAME.py [...]")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required")
+  config_lib.validate(config)
+  logging.set_verbosity(logging.WARNING)  # checkpoint restore logs every step at INFO
+  print(json.dumps(bench_decode(config)), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)
