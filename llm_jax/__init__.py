@@ -9,8 +9,12 @@ import json
 import os
 
 
-def load(workdir: str, step: int | None = None):
-  """(config, params, tokenizer) of a training run's workdir, from its latest (or given) checkpoint."""
+def load(workdir: str, step: int | None = None, mesh=None):
+  """(config, params, tokenizer) of a training run's workdir, from its latest (or given) checkpoint.
+
+  The parameters are replicated over this machine's devices, or, given a `jax.sharding.Mesh`, sharded over
+  it by their logical axis names like a training run's (distillation restores its teacher so).
+  """
   import ml_collections  # pylint: disable=import-outside-toplevel
 
   from llm_jax import sharding, tokenizer  # pylint: disable=import-outside-toplevel
@@ -21,7 +25,7 @@ def load(workdir: str, step: int | None = None):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a llm_jax workdir?")
   with open(path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  # Parameters are restored replicated over this machine's devices, whatever mesh trained them.
-  setup = state.build(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
+  # Whatever mesh trained them: the layout of parameters does not depend on the mesh.
+  setup = state.build(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}) if mesh is None else mesh)
   params = checkpoint.restore_params(workdir, setup.abstract_state.params, step)
   return config, params, tokenizer.load(os.path.join(workdir, "tokenizer"))

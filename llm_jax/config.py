@@ -26,7 +26,7 @@ from absl import flags as absl_flags
 
 from llm_jax.model.config import ModelConfig
 
-STAGES = ("pretrain",)  # later stages (sft, reward, dpo, ppo, grpo, distill) add themselves here
+STAGES = ("pretrain", "distill")  # later stages (sft, reward, dpo, ppo, grpo) add themselves here
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -101,6 +101,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = -1
   c.distributed.process_id = -1
 
+  # Distillation (stage="distill"): the model above, the student, is trained on a teacher's logits with
+  #   loss = alpha * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)) + (1 - alpha) * cross-entropy
+  # per target token (llm_jax/training/distill.py). The student uses the teacher's tokenizer.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""  # workdir of a trained llm_jax run (config.json, tokenizer/, checkpoints/; latest step)
+  c.distill.tau = 2.0  # temperature of both softmaxes in the KL; > 1 exposes the teacher's non-top tokens
+  c.distill.alpha = 0.5  # weight of the KL to the teacher; 1 - alpha weights the data's next-token loss
+
   c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ("def ", "import os\n", "The ", "class ")
   c.sample.max_new_tokens = 64
@@ -141,6 +149,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(not c.init_from or os.path.isdir(c.init_from), "init_from", c.init_from, "is not a directory")
   if d.source != "stdlib":
     _check(os.path.exists(d.source), "data.source", d.source, "is neither 'stdlib' nor an existing path")
+  _check(c.distill.tau > 0, "distill.tau", c.distill.tau, "must be positive")
+  _check(0 <= c.distill.alpha <= 1, "distill.alpha", c.distill.alpha, "must be in [0, 1]")
+  if c.stage == "distill":
+    teacher = c.distill.teacher
+    _check(bool(teacher), "distill.teacher", teacher, "stage 'distill' needs the workdir of a trained llm_jax run")
+    _check(os.path.isfile(os.path.join(teacher, "config.json")) and os.path.isdir(os.path.join(teacher, "checkpoints")),
+           "distill.teacher", teacher, "is not a trained llm_jax workdir (needs config.json and checkpoints/)")
   _check(t.steps > 0, "train.steps", t.steps, "must be positive")
   _check(t.lr > 0, "train.lr", t.lr, "must be positive")
   _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")

@@ -5,7 +5,12 @@
 Builds everything from the config and runs the loop for `config.stage`. The workdir (default
 `runs/<config file name>`) holds config.json, metrics.jsonl, tb/, tokenizer/, checkpoints/ and samples.txt.
 Rerunning on a workdir resumes from its latest checkpoint (or reports the run complete); a workdir whose
-saved config has another model, tokenizer or data source is refused rather than silently mixed.
+saved config has another model, tokenizer, data source, stage or teacher is refused rather than silently mixed.
+
+Stages: `pretrain` minimises next-token cross-entropy on config.data. `distill` runs the same loop (data,
+evaluation in bits per byte, checkpoints, resume) with the distillation loss (llm_jax/training/distill.py):
+the model of the config, the student, learns from the logits of the trained run in `config.distill.teacher`,
+whose tokenizer it takes. Its logged `loss` is that mixed objective; `eval/bpb` is the student's own.
 
 Multi-host (README "Multi-host"): start the same command once per process with config.distributed set (or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); `sharding.initialize_distributed` joins them
@@ -31,14 +36,18 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
+import llm_jax
 from llm_jax import config as config_lib
 from llm_jax import sharding
 from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.data import pipeline, sources
 from llm_jax.eval import bpb
+from llm_jax.inference import engine as engine_lib
 from llm_jax.inference import sample
+from llm_jax.model import Transformer
 from llm_jax.training import checkpoint, metrics as metrics_lib, optim
 from llm_jax.training import state as state_lib
+from llm_jax.training.distill import distill_loss
 from llm_jax.training.step import make_eval_step, make_train_step, next_token_loss
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/NAME.py).",
@@ -46,7 +55,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
 
 # Sections that must match between a workdir's saved config and the current one to resume.
-_RESUME_MUST_MATCH = ("model", "tokenizer", "data.source", "data.chunk_chars", "data.val_fraction", "seed")
+_RESUME_MUST_MATCH = ("stage", "model", "tokenizer", "data.source", "data.chunk_chars", "data.val_fraction", "seed")
 
 
 def _lookup(tree: dict, dotted: str):
@@ -64,7 +73,7 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
     saved = json.load(f)
   current = json.loads(config_lib.to_json(config))
   problems = []
-  for key in _RESUME_MUST_MATCH:
+  for key in _RESUME_MUST_MATCH + (("distill.teacher",) if config.stage == "distill" else ()):
     was, now = _lookup(saved, key), _lookup(current, key)
     if isinstance(was, dict) and isinstance(now, dict):
       problems += config_lib.diff(was, now, key + ".")
@@ -87,7 +96,8 @@ def _barrier(name: str):
 
 
 def build_tokenizer(workdir: str, config, train_docs: list[dict]) -> tokenizer_lib.Tokenizer:
-  """The workdir's tokenizer; else init_from's (copied in); else one trained on the training documents.
+  """The workdir's tokenizer; else the distillation teacher's or init_from's (copied in); else one trained on
+  the training documents.
 
   Only process 0 builds it (training is deterministic, but several processes writing one directory is not
   safe); the others wait and then load what it wrote to the shared workdir.
@@ -104,9 +114,10 @@ def build_tokenizer(workdir: str, config, train_docs: list[dict]) -> tokenizer_l
 def _build_tokenizer(directory: str, config, train_docs: list[dict]) -> tokenizer_lib.Tokenizer:
   if os.path.isdir(directory) and os.listdir(directory):
     return tokenizer_lib.load(directory)
-  if config.init_from:
-    source = os.path.join(config.init_from, "tokenizer")
-    tok = tokenizer_lib.load(source if os.path.isdir(source) else config.init_from)
+  origin = config.distill.teacher if config.stage == "distill" else config.init_from
+  if origin:
+    source = os.path.join(origin, "tokenizer")
+    tok = tokenizer_lib.load(source if os.path.isdir(source) else origin)
     tok.save(directory)
     return tok
   t0 = time.time()
@@ -155,6 +166,32 @@ def init_params(source: str, setup: state_lib.Setup):
                       setup.abstract_state.params)
 
 
+def build_loss(config, setup: state_lib.Setup, mesh, tok) -> tuple:
+  """(loss_fn, model FLOPs per token) for config.stage: next-token cross-entropy, or distillation from
+  config.distill.teacher, whose parameters are restored sharded over this run's mesh like the student's."""
+  if config.stage != "distill":
+    return next_token_loss(setup.model), setup.model_config.flops_per_token(config.data.seq_len)
+  where = f"distill.teacher={config.distill.teacher!r}"
+  try:
+    teacher_config, teacher_params, teacher_tok = llm_jax.load(config.distill.teacher, mesh=mesh)
+  except config_lib.ConfigError as e:  # e.g. a teacher whose shapes the mesh cannot split
+    raise config_lib.ConfigError(f"{where}: {e}") from None
+  if teacher_tok.files != tok.files:
+    raise config_lib.ConfigError(f"{where}: its tokenizer differs from this workdir's; a student must use its "
+                                 "teacher's tokenizer (use a fresh --workdir)")
+  teacher_cfg = config_lib.model_config(teacher_config)
+  if teacher_cfg.max_seq_len < config.data.seq_len:
+    raise config_lib.ConfigError(f"{where}: the teacher's max_seq_len {teacher_cfg.max_seq_len} is shorter than "
+                                 f"data.seq_len={config.data.seq_len}")
+  _print(f"teacher: {config.distill.teacher}, {teacher_cfg.num_params() / 1e6:.2f}M parameters, "
+         f"{teacher_cfg.n_layers} layers, d_model {teacher_cfg.d_model}; tau {config.distill.tau}, "
+         f"alpha {config.distill.alpha}")
+  loss_fn = distill_loss(setup.model, Transformer(teacher_cfg), teacher_params, config.distill.tau,
+                         config.distill.alpha)
+  seq_len = config.data.seq_len  # MFU counts the teacher's forward pass: a third of its forward + backward FLOPs
+  return loss_fn, setup.model_config.flops_per_token(seq_len) + teacher_cfg.flops_per_token(seq_len) / 3
+
+
 def _truncate_metrics(workdir: str, last_step: int):
   """Drops logged entries past the checkpoint we resume from (all of them on a fresh start): those steps
   are about to be redone, and each step must appear once."""
@@ -169,7 +206,8 @@ def _print(*args):
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Pretrains a decoder on config.data; returns the final summary (also printed)."""
+  """Pretrains (stage pretrain) or distills into (stage distill) a decoder on config.data; returns the final
+  summary (also printed)."""
   config_lib.validate(config)
   sharding.initialize_distributed(config)  # before anything touches a device
   os.makedirs(workdir, exist_ok=True)
@@ -189,7 +227,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tok = build_tokenizer(workdir, config, train_docs)
   if tok.vocab_size > config.model.vocab_size:
     raise config_lib.ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-                                 f"{tok.vocab_size} tokens ({os.path.join(workdir, 'tokenizer')})")
+                                 f"{tok.vocab_size} tokens ({os.path.join(workdir, 'tokenizer')}"
+                                 + (", distill.teacher's" if config.stage == "distill" else "") + ")")
   _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
          f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
 
@@ -240,7 +279,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
          f"mesh {dict(mesh.shape)}; {config.train.steps} steps x {config.data.batch_size} x {seq_len} tokens")
 
   batch_sharding = sharding.batch_sharding(mesh)
-  train_step = make_train_step(next_token_loss(model), tx, optim.schedule(config.train),
+  loss_fn, flops_per_token = build_loss(config, setup, mesh, tok)
+  train_step = make_train_step(loss_fn, tx, optim.schedule(config.train),
                                grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
                                batch_sharding=batch_sharding)
   token_bytes = jax.device_put(tok.token_bytes(), sharding.replicated(mesh))  # a global array, like params
@@ -249,7 +289,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics_lib.Writer(workdir)
   throughput = metrics_lib.Throughput(
       tokens_per_step=config.data.batch_size * seq_len,
-      flops_per_step=model_cfg.flops_per_token(seq_len) * config.data.batch_size * seq_len,
+      flops_per_step=flops_per_token * config.data.batch_size * seq_len,
       peak_flops=peak_flops * jax.device_count())
 
   def evaluate(step: int) -> dict:
@@ -263,7 +303,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluate(0)
 
   bar = tqdm(total=config.train.steps, initial=start, disable=not config.train.progress or not _is_main(),
-             desc="pretrain", unit="step", dynamic_ncols=True)
+             desc=config.stage, unit="step", dynamic_ncols=True)
   step, pending, last = start, None, {}
 
   def flush():
@@ -302,10 +342,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_iter.close()  # stops its prefetch thread
 
   samples = []
+  if config.sample.prompts:  # decoded by the KV-cache engine from replicated parameters (any process count)
+    params = jax.device_put(state.params, sharding.replicated(mesh))
+    engine = engine_lib.Engine(model, params)
   for temperature in (0.0, config.sample.temperature) if config.sample.prompts else ():
-    outs = sample.generate(model, state.params, tok, list(config.sample.prompts),
+    outs = sample.generate(model, params, tok, list(config.sample.prompts),
                            max_new_tokens=min(config.sample.max_new_tokens, seq_len // 2),
-                           temperature=temperature, seed=config.seed)
+                           temperature=temperature, seed=config.seed, engine=engine)
     samples += [(temperature, p, o) for p, o in zip(config.sample.prompts, outs)]
   if _is_main():
     with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
@@ -339,7 +382,7 @@ def evaluate_bpb(eval_step, params, batches: list[dict], mesh, rows: list[int] |
           "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]), "eval/tokens": sums["tokens"]}
 
 
-STAGES = {"pretrain": pretrain}
+STAGES = {"pretrain": pretrain, "distill": pretrain}  # distill: the same loop with another loss
 
 
 def main(argv):

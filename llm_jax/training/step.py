@@ -6,11 +6,13 @@ step: per-micro-batch gradients of the *summed* loss are added up and divided on
 target tokens, so accumulating A micro-batches gives the same update as one batch A times larger.
 
 A loss function has the signature `loss_fn(params, batch, rng) -> (sum_of_losses, num_tokens)`; the
-next-token loss for pretraining is `next_token_loss`; later stages plug in their own.
+next-token loss for pretraining is `next_token_loss`, distillation's is `training.distill.distill_loss`; later
+stages plug in their own.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -68,10 +70,20 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Call
 
 
 def make_train_step(loss_fn: Callable, tx, lr_fn, *, grad_accum: int, state_sharding, batch_sharding):
-  def step(state, batch, rng):
+  """The jitted `step(state, batch, rng) -> (state, metrics)`.
+
+  A `loss_fn` that is a `jax.tree_util.Partial` binding arrays (the distillation loss binds the teacher's
+  parameters) becomes an argument of the compiled step, so those arrays keep their shardings and are not
+  baked into the program as constants; the step returned then is a plain function of (state, batch, rng).
+  """
+  def step(state, batch, rng, loss):
     with sharding.activation_rules(batch_sharding.mesh):
-      return train_step(state, batch, rng, loss_fn=loss_fn, tx=tx, lr_fn=lr_fn, grad_accum=grad_accum)
-  return jax.jit(step, in_shardings=(state_sharding, batch_sharding, None),
+      return train_step(state, batch, rng, loss_fn=loss, tx=tx, lr_fn=lr_fn, grad_accum=grad_accum)
+  if isinstance(loss_fn, jax.tree_util.Partial):
+    jitted = jax.jit(step, in_shardings=(state_sharding, batch_sharding, None, None),
+                     out_shardings=(state_sharding, None), donate_argnums=0)
+    return lambda state, batch, rng: jitted(state, batch, rng, loss_fn)
+  return jax.jit(functools.partial(step, loss=loss_fn), in_shardings=(state_sharding, batch_sharding, None),
                  out_shardings=(state_sharding, None), donate_argnums=0)
 
 
