@@ -44,7 +44,7 @@ from llm_jax.data import pipeline, sources
 from llm_jax.eval import bpb
 from llm_jax.inference import engine as engine_lib
 from llm_jax.inference import sample
-from llm_jax.model import Transformer
+from llm_jax.model import ModelConfig, Transformer
 from llm_jax.training import checkpoint, metrics as metrics_lib, optim
 from llm_jax.training import state as state_lib
 from llm_jax.training.distill import distill_loss
@@ -75,6 +75,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   problems = []
   for key in _RESUME_MUST_MATCH + (("distill.teacher",) if config.stage == "distill" else ()):
     was, now = _lookup(saved, key), _lookup(current, key)
+    if key == "model" and isinstance(was, dict):  # fields added since that run had their default there
+      was = {**dataclasses.asdict(ModelConfig()), **was}
     if isinstance(was, dict) and isinstance(now, dict):
       problems += config_lib.diff(was, now, key + ".")
     elif was != now:

@@ -96,6 +96,17 @@ def test_resume_with_a_different_model_shape_fails_clearly(tmp_path):
   assert "model.d_model: saved 32, now 48" in proc.stderr and "--workdir" in proc.stderr
 
 
+def test_a_workdir_saved_before_a_model_field_existed_still_resumes(tmp_path):
+  run_train(tmp_path / "run", "--config.train.steps=2")
+  path = tmp_path / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["model"]["quant"]  # as written before ModelConfig.quant was added (its default, "none", was meant)
+  path.write_text(json.dumps(saved))
+  out = run_train(tmp_path / "run", "--config.train.steps=3")
+  assert "resuming from" in out.stdout + out.stderr
+  assert max(m["step"] for m in metrics_lib.read(tmp_path / "run")) == 3
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
   steps = ["--config.train.steps=300", "--config.train.checkpoint_every=25", "--config.train.eval_every=100",
            "--config.train.log_every=1"]
