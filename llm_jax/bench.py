@@ -22,6 +22,7 @@ timed runs after a warm-up (compilation excluded), each run timing prefill + dec
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -38,7 +39,7 @@ from ml_collections import config_flags
 from llm_jax import config as config_lib
 from llm_jax.inference import engine as engine_lib
 from llm_jax.model import Transformer, quant
-from llm_jax.model.transformer import unstack_layers
+from llm_jax.model.transformer import init_cache, unstack_layers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/bench_cpu.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run of this shape: its weights and bits per byte.")
@@ -111,13 +112,9 @@ def nocache_generate(model, params, prompt: list[int], new_tokens: int, bucket: 
   return ids[len(prompt):]
 
 
-_FORWARDS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _nocache_forward(model):
-  if model not in _FORWARDS:
-    _FORWARDS[model] = jax.jit(lambda p, ids, last: jnp.argmax(model.apply({"params": p}, ids)[0, last]))
-  return _FORWARDS[model]
+  return jax.jit(lambda p, ids, last: jnp.argmax(model.apply({"params": p}, ids)[0, last]))
 
 
 def bits_per_byte(model, params, rows: list[list[int]], token_bytes, cache_dtype=None, chunk: int = 32) -> float:
@@ -129,9 +126,8 @@ def bits_per_byte(model, params, rows: list[list[int]], token_bytes, cache_dtype
   if cache_dtype is None:
     logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, inputs)
   else:
-    state = engine_lib.new_state(model, inputs.shape[0], inputs.shape[1], jax.random.PRNGKey(0), cache_dtype)
     step = jax.jit(lambda p, c, x: model.apply({"params": p}, x, cache=c))
-    cache, parts = state.cache, []
+    cache, parts = init_cache(model.cfg, inputs.shape[0], inputs.shape[1], cache_dtype), []
     for start in range(0, inputs.shape[1], chunk):
       part, cache = step(params, cache, inputs[:, start:start + chunk])
       parts.append(part)

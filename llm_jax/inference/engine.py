@@ -263,7 +263,7 @@ class Engine:
   def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
              stop_ids: Sequence[int] = (), seed: int = 0, chunk: int = 8) -> Iterator[list[list[int]]]:
     """Yields, after every `chunk` decode steps, the new tokens of each row (stop tokens included)."""
-    _check_prompts(prompts)
+    check_prompts(prompts)
     state = self.start(prompts, max_new_tokens, seed)
     left = max_new_tokens
     while left > 0:
@@ -276,13 +276,14 @@ class Engine:
   def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
                stop_ids: Sequence[int] = (), seed: int = 0) -> list[list[int]]:
     """Each row's generated tokens (up to and including its first stop token), in one jitted loop."""
-    _check_prompts(prompts)
+    check_prompts(prompts)
     state = self.start(prompts, max_new_tokens, seed)
     _, out = self.decode(state, max_new_tokens, sampling, stop_ids)
     return [[int(t) for t in row if t != NO_TOKEN] for row in out]
 
 
-def _check_prompts(prompts):
+def check_prompts(prompts):
+  """ValueError unless there is at least one prompt and every prompt has a token."""
   if not prompts or min(len(p) for p in prompts) == 0:
     raise ValueError("every prompt needs at least one token (start it with BOS)")
 

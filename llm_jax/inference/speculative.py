@@ -144,8 +144,7 @@ def generate(target_engine: engine_lib.Engine, draft_engine: engine_lib.Engine, 
     raise ValueError(f"target and draft vocabularies differ: {target.cfg.vocab_size} vs {draft.cfg.vocab_size}")
   if gamma < 1:
     raise ValueError(f"gamma={gamma}: must be >= 1")
-  if not prompts or min(len(p) for p in prompts) == 0:
-    raise ValueError("every prompt needs at least one token (start it with BOS)")
+  engine_lib.check_prompts(prompts)
   context = [list(p[:-1]) for p in prompts]
   last = np.array([p[-1] for p in prompts], np.int32)
   # Every round takes gamma + 1 slots whatever it accepts: room for max_new_tokens rounds is reserved.

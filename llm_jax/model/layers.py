@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llm_jax.model import quant
 from llm_jax.model.config import ModelConfig
 
 
@@ -75,8 +76,7 @@ class Projection(nn.Module):
         y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in) * scale.astype(dtype)
       else:  # w8a8: x quantized per token (absmax over the contracted dims), an int8 x int8 -> int32 matmul
         contracted = tuple(range(x.ndim - self.n_in, x.ndim))
-        x_scale = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=contracted, keepdims=True) / 127.0
-        x_q = jnp.round(x.astype(jnp.float32) / jnp.maximum(x_scale, 1e-30)).astype(jnp.int8)
+        x_q, x_scale = quant.absmax_int8(x, contracted)
         y_int = jax.lax.dot_general(x_q, kernel, ((contracted, tuple(range(self.n_in))), ((), ())),
                                     preferred_element_type=jnp.int32)
         x_scale = x_scale.reshape(x_scale.shape[:x.ndim - self.n_in] + (1,) * len(self.features))
@@ -157,13 +157,6 @@ def attention_mask(segment_ids_BT):
   return (causal_TS[None] & same_BTS)[:, None, None]
 
 
-def _quantize_heads(x_BTKH):
-  """int8 values and a float32 absmax scale per (row, position, kv head): the int8 KV cache's format."""
-  scale_BTK = jnp.max(jnp.abs(x_BTKH.astype(jnp.float32)), axis=-1) / 127.0
-  q_BTKH = jnp.round(x_BTKH.astype(jnp.float32) / jnp.maximum(scale_BTK, 1e-30)[..., None])
-  return q_BTKH.astype(jnp.int8), scale_BTK
-
-
 # Cache layouts, chosen so decoding reads the cache with plain batched matmuls over (B, K) and writes new
 # slots with one dynamic_update_slice: keys [B, K, H, S] (q.k contracts H), values [B, K, S, H] (p.v
 # contracts S), int8 scales [B, K, S]. SLOT_AXIS is where each cache array keeps its slots.
@@ -172,9 +165,9 @@ SLOT_AXIS = {"k": 3, "v": 2, "k_scale": 2, "v_scale": 2}
 
 def cache_entry(k_BTKH, v_BTKH, cache_dtype) -> dict:
   """New keys/values in the cache's layout and dtype (T new slots): int8 with per-head scales if int8."""
-  if cache_dtype == jnp.int8:
-    (k, k_scale), (v, v_scale) = _quantize_heads(k_BTKH), _quantize_heads(v_BTKH)
-    entry = {"k": k, "v": v, "k_scale": k_scale, "v_scale": v_scale}
+  if cache_dtype == jnp.int8:  # a scale per (row, position, kv head)
+    (k, k_scale), (v, v_scale) = quant.absmax_int8(k_BTKH, (-1,)), quant.absmax_int8(v_BTKH, (-1,))
+    entry = {"k": k, "v": v, "k_scale": k_scale[..., 0], "v_scale": v_scale[..., 0]}
   else:
     entry = {"k": k_BTKH.astype(cache_dtype), "v": v_BTKH.astype(cache_dtype)}
   to_layout = {"k": (0, 2, 3, 1), "v": (0, 2, 1, 3), "k_scale": (0, 2, 1), "v_scale": (0, 2, 1)}

@@ -47,9 +47,19 @@ def _quantize_tree(boxed: dict, params: dict) -> dict:
   return out
 
 
+def absmax_int8(x, axes: tuple[int, ...]):
+  """(int8 values, float32 scale with `axes` kept as size 1): scale = max |x| over `axes` / 127, x ~= q * scale.
+
+  The one int8 format of the project: kernels (per output channel), w8a8 activations (per token) and the
+  int8 KV cache (per row, slot and kv head) all use it.
+  """
+  x32 = x.astype(jnp.float32)
+  scale = jnp.max(jnp.abs(x32), axis=axes, keepdims=True) / 127.0
+  q = jnp.clip(jnp.round(x32 / jnp.maximum(scale, 1e-30)), -127, 127).astype(jnp.int8)
+  return q, scale
+
+
 def quantize_kernel(w, axes: tuple[int, ...]):
   """(int8 kernel, float32 scale) with absmax scaling over `axes` (the contracted ones)."""
-  w32 = w.astype(jnp.float32)
-  scale = jnp.max(jnp.abs(w32), axis=axes, keepdims=True) / 127.0
-  q = jnp.clip(jnp.round(w32 / jnp.maximum(scale, 1e-30)), -127, 127).astype(jnp.int8)
+  q, scale = absmax_int8(w, axes)
   return q, jnp.squeeze(scale, axis=axes)

@@ -176,11 +176,11 @@ class Transformer(nn.Module):
   def _cached_layers(self, x_BTD, positions_BT, segment_ids_BT, cache):
     """Runs every block on its own layer cache; returns (x, the new cache entries of every layer)."""
     c, new = self.cfg, []
+    if c.scan_layers:  # sliced here on every call: the engine unstacks once instead (unstack_layers)
+      _, per_layer = unstack_layers(c, self.variables["params"])
     for i, kind in enumerate(c.block_kinds):
-      if c.scan_layers:  # block i % len(pattern) of the stacked group i // len(pattern)
-        group, slot = divmod(i, len(c.layer_pattern))
-        params = jax.tree_util.tree_map(lambda p: p[group], self.variables["params"]["layers"][f"block_{slot}"])
-        block = functools.partial(Block(c, kind).apply, {"params": params})
+      if c.scan_layers:
+        block = functools.partial(Block(c, kind).apply, {"params": per_layer[f"layer_{i}"]})
       else:
         block = _block_cls(c)(c, kind, name=f"layer_{i}")
       x_BTD, entry = block(x_BTD, positions_BT, segment_ids_BT, cache["layers"][i], cache["valid"])
