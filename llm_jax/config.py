@@ -24,9 +24,10 @@ import sys
 import ml_collections
 from absl import flags as absl_flags
 
+from llm_jax.data import tasks
 from llm_jax.model.config import ModelConfig
 
-STAGES = ("pretrain", "distill")  # later stages (sft, reward, dpo, ppo, grpo) add themselves here
+STAGES = ("pretrain", "distill", "sft")  # later stages (reward, dpo, ppo, grpo) add themselves here
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -109,6 +110,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.tau = 2.0  # temperature of both softmaxes in the KL; > 1 exposes the teacher's non-top tokens
   c.distill.alpha = 0.5  # weight of the KL to the teacher; 1 - alpha weights the data's next-token loss
 
+  # Supervised fine-tuning (stage="sft", llm_jax/training/sft.py): conversations rendered by llm_jax/data/chat.py,
+  # loss on the assistant's tokens only. Starts from config.init_from (a pretrained workdir), whose tokenizer
+  # it takes.
+  c.sft = ml_collections.ConfigDict()
+  # Weighted mixture of synthetic tasks (llm_jax/data/tasks: identity, arithmetic, arithmetic_followup,
+  # counting, spelling) and JSONL conversation files (data/chat.py read_jsonl), "name_or_path:weight,...".
+  c.sft.mixture = "identity:1,arithmetic:4,arithmetic_followup:1,counting:3,spelling:1"
+  c.sft.examples = 20000  # conversations drawn from the mixture (the pool training cycles through)
+  c.sft.eval_examples = 256  # held-out conversations (tasks' validation split) for eval/loss
+  c.sft.eval_problems = 100  # held-out problems per checked task, solved with tools on and off at the end
+  c.sft.max_new_tokens = 64  # per answer in that evaluation
+  c.sft.max_tool_calls = 4  # per assistant turn
+  c.sft.tool_timeout = 5.0  # seconds per sandboxed Python run
+
+  # LoRA (llm_jax/model/lora.py), stage sft: rank > 0 trains only low-rank adapters on `targets` (and, with
+  # special_tokens, the embedding rows / head columns of the chat control tokens, which pretraining never
+  # saw); checkpoints hold the adapters alone, merged into init_from's weights when loaded.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # 0: full fine-tuning
+  c.lora.alpha = 16.0  # the update is alpha / rank * (a @ b)
+  c.lora.targets = "q,k,v,o,gate,up,down"
+  c.lora.special_tokens = True
+
   c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ("def ", "import os\n", "The ", "class ")
   c.sample.max_new_tokens = 64
@@ -156,6 +180,23 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(bool(teacher), "distill.teacher", teacher, "stage 'distill' needs the workdir of a trained llm_jax run")
     _check(os.path.isfile(os.path.join(teacher, "config.json")) and os.path.isdir(os.path.join(teacher, "checkpoints")),
            "distill.teacher", teacher, "is not a trained llm_jax workdir (needs config.json and checkpoints/)")
+  if c.stage == "sft":
+    _check(bool(c.init_from), "init_from", c.init_from, "stage 'sft' starts from a pretrained run: set "
+           "--config.init_from=<workdir>")
+    try:
+      weights = tasks.parse_weights(c.sft.mixture)
+    except ValueError as e:
+      raise ConfigError(f"config.sft.mixture={c.sft.mixture!r}: {e}") from None
+    _check(bool(weights), "sft.mixture", c.sft.mixture, "names no task or file")
+    for name in weights:
+      _check(name in tasks.TASKS or os.path.isfile(name), "sft.mixture", c.sft.mixture,
+             f"{name!r} is neither a task ({', '.join(sorted(tasks.TASKS))}) nor an existing .jsonl file")
+    for key in ("examples", "eval_examples", "eval_problems", "max_new_tokens", "max_tool_calls"):
+      _check(c.sft[key] > 0, f"sft.{key}", c.sft[key], "must be positive")
+    _check(c.sft.tool_timeout > 0, "sft.tool_timeout", c.sft.tool_timeout, "must be positive")
+  _check(c.lora.rank >= 0, "lora.rank", c.lora.rank, "must be >= 0 (0: full fine-tuning)")
+  _check(c.lora.rank == 0 or c.stage == "sft", "lora.rank", c.lora.rank, "LoRA is implemented for stage 'sft'")
+  _check(c.lora.alpha > 0, "lora.alpha", c.lora.alpha, "must be positive")
   _check(t.steps > 0, "train.steps", t.steps, "must be positive")
   _check(t.lr > 0, "train.lr", t.lr, "must be positive")
   _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")

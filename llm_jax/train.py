@@ -42,10 +42,12 @@ from llm_jax import sharding
 from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.data import pipeline, sources
 from llm_jax.eval import bpb
+from llm_jax.eval import tasks as task_eval
 from llm_jax.inference import engine as engine_lib
 from llm_jax.inference import sample
 from llm_jax.model import ModelConfig, Transformer
 from llm_jax.training import checkpoint, metrics as metrics_lib, optim
+from llm_jax.training import sft
 from llm_jax.training import state as state_lib
 from llm_jax.training.distill import distill_loss
 from llm_jax.training.step import make_eval_step, make_train_step, next_token_loss
@@ -73,7 +75,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
     saved = json.load(f)
   current = json.loads(config_lib.to_json(config))
   problems = []
-  for key in _RESUME_MUST_MATCH + (("distill.teacher",) if config.stage == "distill" else ()):
+  stage_keys = {"distill": ("distill.teacher",), "sft": ("init_from", "sft.mixture", "sft.examples", "lora")}
+  for key in _RESUME_MUST_MATCH + stage_keys.get(config.stage, ()):
     was, now = _lookup(saved, key), _lookup(current, key)
     if key == "model" and isinstance(was, dict):  # fields added since that run had their default there
       was = {**dataclasses.asdict(ModelConfig()), **was}
@@ -219,20 +222,38 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
   t_start = time.time()
+  is_sft = config.stage == "sft"
 
-  docs = sources.load_documents(config.data.source)
-  train_docs, val_docs = sources.split(docs, config.data.val_fraction)
-  if not train_docs or not val_docs:
-    raise config_lib.ConfigError(f"data.source={config.data.source!r}: {len(train_docs)} training and "
-                                 f"{len(val_docs)} validation documents; need both (adjust data.val_fraction)")
-  order0 = bpb.order0_byte_entropy(d["text"] for d in val_docs)
-  tok = build_tokenizer(workdir, config, train_docs)
+  if is_sft:  # conversations, rendered with init_from's tokenizer
+    tok = build_tokenizer(workdir, config, [])
+    try:
+      train_examples, train_stats = sft.render_all(sft.conversations(config, "train"), tok, config.data.seq_len)
+      val_examples, val_stats = sft.render_all(sft.conversations(config, "val"), tok, config.data.seq_len)
+    except (ValueError, OSError) as e:  # a bad JSONL file (named with its line) or a tokenizer without chat tokens
+      raise config_lib.ConfigError(f"sft.mixture: {e}") from None
+    order0 = None
+    _print(f"data: {len(train_examples)} training conversations ({train_stats['tokens']:,} tokens, "
+           f"{train_stats['trained_tokens']:,} trained) from sft.mixture={config.sft.mixture!r}, "
+           f"{len(val_examples)} held out; too long for data.seq_len={config.data.seq_len}: "
+           f"{train_stats['skipped'] + val_stats['skipped']} skipped, "
+           f"{train_stats['dropped_messages'] + val_stats['dropped_messages']} early messages dropped")
+    if not train_examples or not val_examples:
+      raise config_lib.ConfigError(f"sft.mixture={config.sft.mixture!r}: no conversation fits data.seq_len="
+                                   f"{config.data.seq_len}")
+  else:
+    docs = sources.load_documents(config.data.source)
+    train_docs, val_docs = sources.split(docs, config.data.val_fraction)
+    if not train_docs or not val_docs:
+      raise config_lib.ConfigError(f"data.source={config.data.source!r}: {len(train_docs)} training and "
+                                   f"{len(val_docs)} validation documents; need both (adjust data.val_fraction)")
+    order0 = bpb.order0_byte_entropy(d["text"] for d in val_docs)
+    tok = build_tokenizer(workdir, config, train_docs)
+    _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
+           f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
   if tok.vocab_size > config.model.vocab_size:
     raise config_lib.ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                                  f"{tok.vocab_size} tokens ({os.path.join(workdir, 'tokenizer')}"
                                  + (", distill.teacher's" if config.stage == "distill" else "") + ")")
-  _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
-         f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
 
   try:
     mesh = sharding.make_mesh(config.mesh)
@@ -251,22 +272,38 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"step": start, "complete": True, **last}
   batch_size = config.data.batch_size
   rows = sharding.process_rows(mesh, batch_size)  # the rows of every global batch this process feeds
-  train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok,
-                                    seq_len=config.data.seq_len, batch_size=batch_size, seed=config.seed, rows=rows)
+  shape = dict(seq_len=config.data.seq_len, batch_size=batch_size, rows=rows)
+  if is_sft:
+    train_ds = pipeline.sft_dataset(train_examples, seed=config.seed, **shape)
+  else:
+    train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok, seed=config.seed,
+                                      **shape)
   # Timed before the data iterator exists: its prefetch thread tokenizes in the background and would
   # slow the matmul down, inflating every MFU figure derived from it.
   peak_flops = metrics_lib.measure_peak_flops(config.model.dtype)
   data_iter = iter(train_ds)
-  eval_data = pipeline.eval_batches(pipeline.pieces(val_docs, config.data.chunk_chars), tok,
-                                    seq_len=config.data.seq_len, batch_size=batch_size,
-                                    num_batches=config.train.eval_batches, rows=rows)
+  if is_sft:
+    eval_data = pipeline.sft_eval_batches(val_examples, num_batches=config.train.eval_batches, **shape)
+  else:
+    eval_data = pipeline.eval_batches(pipeline.pieces(val_docs, config.data.chunk_chars), tok,
+                                      num_batches=config.train.eval_batches, **shape)
 
   model, model_cfg, tx, seq_len = setup.model, setup.model_config, setup.tx, config.data.seq_len
   rng = jax.random.PRNGKey(config.seed)
+  model_params = lambda params: params  # what the model runs with, from the state's params
+  loss_fn, flops_per_token = build_loss(config, setup, mesh, tok)
+  if config.lora.rank:  # the state holds the adapters; the base is an argument of the step
+    base_params = init_params(config.init_from, setup)
+    token_ids = sft.lora_token_ids(config, tok)
+    setup, loss_fn, model_params = sft.lora_setup(config, setup, mesh, base_params, token_ids)
+    flops_per_token = flops_per_token * 2 / 3  # no weight gradients for the frozen base: 4N, not 6N, per token
 
   if start:
     state = checkpoint.restore(mngr, setup.abstract_state, data_iter)
     _print(f"resuming from {workdir}/checkpoints/{start}")
+  elif config.lora.rank:
+    state = setup.init(rng)
+    _print(f"initialised from {config.init_from}; " + sft.describe_lora(base_params, state.params))
   elif config.init_from:
     params = init_params(config.init_from, setup)
     state = jax.jit(lambda p, r: state_lib.TrainState.create(p, tx, r), out_shardings=setup.state_sharding,
@@ -281,7 +318,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
          f"mesh {dict(mesh.shape)}; {config.train.steps} steps x {config.data.batch_size} x {seq_len} tokens")
 
   batch_sharding = sharding.batch_sharding(mesh)
-  loss_fn, flops_per_token = build_loss(config, setup, mesh, tok)
   train_step = make_train_step(loss_fn, tx, optim.schedule(config.train),
                                grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
                                batch_sharding=batch_sharding)
@@ -295,8 +331,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       peak_flops=peak_flops * jax.device_count())
 
   def evaluate(step: int) -> dict:
-    result = {**evaluate_bpb(eval_step, state.params, eval_data, mesh, rows, batch_size),
-              "eval/order0_bpb": order0}
+    result = evaluate_bpb(eval_step, model_params(state.params), eval_data, mesh, rows, batch_size)
+    if order0 is not None:
+      result["eval/order0_bpb"] = order0
     writer.write(step, result)
     _print(f"step {step}: eval/loss {result['eval/loss']:.4f} eval/bpb {result['eval/bpb']:.4f}")
     return result
@@ -343,26 +380,32 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr.close()
   data_iter.close()  # stops its prefetch thread
 
-  samples = []
-  if config.sample.prompts:  # decoded by the KV-cache engine from replicated parameters (any process count)
-    params = jax.device_put(state.params, sharding.replicated(mesh))
-    engine = engine_lib.Engine(model, params)
-  for temperature in (0.0, config.sample.temperature) if config.sample.prompts else ():
-    outs = sample.generate(model, params, tok, list(config.sample.prompts),
-                           max_new_tokens=min(config.sample.max_new_tokens, seq_len // 2),
-                           temperature=temperature, seed=config.seed, engine=engine)
-    samples += [(temperature, p, o) for p, o in zip(config.sample.prompts, outs)]
+  lines, extra = [], {}
+  if is_sft or config.sample.prompts:  # the KV-cache engine on replicated parameters (any process count)
+    engine = engine_lib.Engine(model, jax.device_put(model_params(state.params), sharding.replicated(mesh)))
+  if is_sft:  # held-out problems with tools on and off (llm_jax/eval/tasks.py)
+    extra, lines = task_eval.evaluate(engine, tok, sft.checked_tasks(config), config.sft.eval_problems,
+                                      seed=config.seed, max_new_tokens=config.sft.max_new_tokens,
+                                      tools=sft.tools_for(config), max_tool_calls=config.sft.max_tool_calls)
+    extra = {f"eval/{k}": v for k, v in extra.items()}
+    writer.write(step, extra)
+    _print("tool use, held-out accuracy: " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in extra.items()))
+  else:
+    for temperature in (0.0, config.sample.temperature) if config.sample.prompts else ():
+      outs = sample.generate(model, engine.params, tok, list(config.sample.prompts),
+                             max_new_tokens=min(config.sample.max_new_tokens, seq_len // 2),
+                             temperature=temperature, seed=config.seed, engine=engine)
+      lines += [f"--- temperature {temperature} | prompt {p!r}\n{p}{o}" for p, o in zip(config.sample.prompts, outs)]
   if _is_main():
     with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
-      for temperature, prompt, out in samples:
-        f.write(f"--- temperature {temperature} | prompt {prompt!r}\n{prompt}{out}\n")
-    for temperature, prompt, out in samples:
-      _print(f"--- temperature {temperature} | prompt {prompt!r}\n{prompt}{out}")
+      f.writelines(line + "\n" for line in lines)
+    for line in lines:
+      _print(line)
   writer.close()
   evals = [m for m in metrics_lib.read(workdir) if "eval/bpb" in m]
   summary = {"step": step, "final_loss": last.get("loss"), "eval/bpb": evals[-1]["eval/bpb"] if evals else None,
              "eval/bpb@0": evals[0]["eval/bpb"] if evals and evals[0]["step"] == 0 else None,
-             "order0_bpb": order0, "seconds": round(time.time() - t_start, 1)}
+             "order0_bpb": order0, **extra, "seconds": round(time.time() - t_start, 1)}
   _print("summary: " + json.dumps(summary))
   return summary
 
@@ -384,7 +427,7 @@ def evaluate_bpb(eval_step, params, batches: list[dict], mesh, rows: list[int] |
           "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]), "eval/tokens": sums["tokens"]}
 
 
-STAGES = {"pretrain": pretrain, "distill": pretrain}  # distill: the same loop with another loss
+STAGES = {"pretrain": pretrain, "distill": pretrain, "sft": pretrain}  # the same loop with other data or loss
 
 
 def main(argv):

@@ -40,6 +40,7 @@ from grain import experimental as grain_exp
 from llm_jax.data import sources
 
 FEATURES = ("inputs", "targets", "segment_ids", "positions")
+SFT_FEATURES = FEATURES + ("weights",)  # 1 where the target is trained (the assistant's tokens)
 
 
 def pieces(docs: list[dict], chunk_chars: int) -> list[str]:
@@ -76,28 +77,42 @@ def _pack(ds: grain.IterDataset, seq_len: int) -> grain.IterDataset:
   return packed.map(_rename)
 
 
+def _split_rendered(example: tuple) -> dict:
+  ids, mask = (np.asarray(x, np.int32) for x in example)
+  return {"inputs": ids[:-1], "targets": ids[1:], "weights": mask[1:]}
+
+
+def _pack_whole(ds: grain.IterDataset, seq_len: int, bins: int) -> grain.IterDataset:
+  """First-fit packing of whole examples into rows of seq_len (padding, segment 0, fills the rest)."""
+  packed = grain_exp.FirstFitPackIterDataset(ds, length_struct=dict.fromkeys(("inputs", "targets", "weights"), seq_len),
+                                             num_packing_bins=bins, shuffle_bins=False)
+  return packed.map(lambda row: {"inputs": row["inputs"], "targets": row["targets"], "weights": row["weights"],
+                                 "segment_ids": row["inputs_segment_ids"], "positions": row["inputs_positions"]})
+
+
 class _StackRows(grain.IterDataset):
   """Stacks one element from each row stream into a [rows, ...] batch (see the module docstring)."""
 
-  def __init__(self, streams: dict[int, grain.IterDataset], batch_size: int):
+  def __init__(self, streams: dict[int, grain.IterDataset], batch_size: int, features: tuple[str, ...]):
     super().__init__(list(streams.values()))
-    self._rows, self._batch_size = list(streams), batch_size
+    self._rows, self._batch_size, self._features = list(streams), batch_size, features
 
   def __iter__(self):
-    return _StackRowsIterator([p.__iter__() for p in self.parents], self._rows, self._batch_size)
+    return _StackRowsIterator([p.__iter__() for p in self.parents], self._rows, self._batch_size, self._features)
 
 
 class _StackRowsIterator(grain.DatasetIterator):
   """State: {"batch_size": B, "rows": {"<global row>": that stream's state}}; rows of other hosts in a
   (merged) state are ignored, so a state saved with any host count restores here."""
 
-  def __init__(self, parents: list[grain.DatasetIterator], rows: list[int], batch_size: int):
+  def __init__(self, parents: list[grain.DatasetIterator], rows: list[int], batch_size: int,
+               features: tuple[str, ...]):
     super().__init__(parents)
-    self._rows, self._batch_size = rows, batch_size
+    self._rows, self._batch_size, self._features = rows, batch_size, features
 
   def __next__(self) -> dict:
     out = [next(it) for it in self._parents]
-    return {k: np.stack([row[k] for row in out]) for k in FEATURES}
+    return {k: np.stack([row[k] for row in out]) for k in self._features}
 
   def get_state(self) -> dict:
     return {"batch_size": self._batch_size,
@@ -126,15 +141,44 @@ def train_dataset(texts: list[str], tokenizer, *, seq_len: int, batch_size: int,
   Each element is a dict of [len(rows), seq_len] int32 arrays, row i being global row `rows[i]`.
   `prefetch` batches are built ahead in a background thread (0: on demand, in the caller's thread).
   """
+  tokenize = _Tokenize(tokenizer)
+  return _row_streams(grain.MapDataset.source(texts), lambda ds: ds.map(tokenize).filter(lambda x: len(x["inputs"]) > 0),
+                      lambda ds: _pack(ds, seq_len), batch_size=batch_size, seed=seed, rows=rows, prefetch=prefetch)
+
+
+def sft_dataset(examples: list[tuple[list[int], list[int]]], *, seq_len: int, batch_size: int, seed: int,
+                rows: Sequence[int] | None = None, prefetch: int = 2, bins: int = 8) -> grain.IterDataset:
+  """Like train_dataset, for rendered conversations: (ids, loss mask) pairs of at most seq_len + 1 tokens
+  (llm_jax/data/chat.py), with a `weights` feature (the mask of each target).
+
+  Conversations are packed whole (grain's first-fit packing over `bins` rows; the rest of a row is padding,
+  segment 0), never split across rows: a conversation's second half without its first would train the
+  assistant to answer questions it cannot see.
+  """
+  too_long = [i for i, (ids, _) in enumerate(examples) if len(ids) > seq_len + 1]
+  if too_long:
+    raise ValueError(f"{len(too_long)} examples exceed seq_len + 1 = {seq_len + 1} tokens (first: #{too_long[0]}); "
+                     "render them with max_tokens=seq_len + 1")
+
+  return _row_streams(grain.MapDataset.source(examples), lambda ds: ds.map(_split_rendered),
+                      lambda ds: _pack_whole(ds, seq_len, bins), batch_size=batch_size,
+                      seed=seed, rows=rows, prefetch=prefetch, features=SFT_FEATURES)
+
+
+def _row_streams(source: grain.MapDataset, encode, pack, *, batch_size: int, seed: int, rows: Sequence[int] | None,
+                 prefetch: int, features: tuple[str, ...] = FEATURES) -> grain.IterDataset:
+  """The global batch as `batch_size` row streams (module docstring): row r packs shuffled[r::batch_size].
+
+  `encode` maps a MapDataset of source items to one of {"inputs", "targets", ...} arrays; `pack` turns its
+  iterator into rows of `features`.
+  """
   rows = list(range(batch_size) if rows is None else rows)
   if not rows or any(not 0 <= r < batch_size for r in rows) or len(set(rows)) != len(rows):
     raise ValueError(f"rows must be distinct row numbers in [0, batch_size={batch_size}), got {rows}")
-  shuffled = grain.MapDataset.source(texts).shuffle(seed=seed).repeat()
-  tokenize, sync = _Tokenize(tokenizer), grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-  streams = {r: _pack(shuffled[r::batch_size].map(tokenize).filter(lambda x: len(x["inputs"]) > 0)
-                      .to_iter_dataset(sync), seq_len)
-             for r in rows}
-  ds = _StackRows(streams, batch_size)
+  shuffled = source.shuffle(seed=seed).repeat()
+  sync = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  streams = {r: pack(encode(shuffled[r::batch_size]).to_iter_dataset(sync)) for r in rows}
+  ds = _StackRows(streams, batch_size, features)
   return grain_exp.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch) if prefetch else ds
 
 
@@ -147,7 +191,18 @@ def eval_batches(texts: list[str], tokenizer, *, seq_len: int, batch_size: int, 
   each host keeps only its rows.
   """
   ds = grain.MapDataset.source(texts).map(_Tokenize(tokenizer)).filter(lambda x: len(x["inputs"]) > 0)
-  it: Iterator[dict] = iter(_pack(ds.to_iter_dataset(), seq_len).batch(batch_size, drop_remainder=False))
+  return _fixed_batches(_pack(ds.to_iter_dataset(), seq_len), batch_size, num_batches, rows)
+
+
+def sft_eval_batches(examples: list[tuple[list[int], list[int]]], *, seq_len: int, batch_size: int,
+                     num_batches: int, rows: Sequence[int] | None = None) -> list[dict]:
+  """eval_batches for rendered conversations (sft_dataset's packing and features), in the given order."""
+  ds = grain.MapDataset.source(examples).map(_split_rendered).to_iter_dataset()
+  return _fixed_batches(_pack_whole(ds, seq_len, bins=1), batch_size, num_batches, rows)
+
+
+def _fixed_batches(ds: grain.IterDataset, batch_size: int, num_batches: int, rows: Sequence[int] | None) -> list[dict]:
+  it: Iterator[dict] = iter(ds.batch(batch_size, drop_remainder=False))
   keep = np.asarray(range(batch_size) if rows is None else rows)
   out = []
   for batch in it:

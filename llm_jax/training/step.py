@@ -27,12 +27,20 @@ from llm_jax.training.state import TrainState
 Batch = dict
 
 
+def target_weights(batch: Batch):
+  """[B, T] float32: which targets count. SFT batches carry `weights` (the assistant's tokens: data/chat.py);
+  pretraining counts every target that is not padding (segment id > 0)."""
+  if "weights" in batch:
+    return batch["weights"].astype(jnp.float32) * (batch["segment_ids"] > 0)
+  return (batch["segment_ids"] > 0).astype(jnp.float32)
+
+
 def next_token_loss(model) -> Callable:
-  """Mean cross-entropy of `targets` given `inputs`, over tokens with segment id > 0 (not padding)."""
+  """Cross-entropy of `targets` given `inputs`, summed over the targets that count (`target_weights`)."""
   def loss_fn(params, batch: Batch, rng):
     del rng  # pretraining uses no dropout
     logits_BTV = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
-    weights_BT = (batch["segment_ids"] > 0).astype(jnp.float32)
+    weights_BT = target_weights(batch)
     nats_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
     return jnp.sum(nats_BT * weights_BT), jnp.sum(weights_BT)
   return loss_fn
@@ -92,7 +100,7 @@ def make_eval_step(model, token_bytes_V, *, params_sharding, batch_sharding):
   def eval_step(params, batch: Batch):
     with sharding.activation_rules(batch_sharding.mesh):
       logits_BTV = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
-    weights_BT = (batch["segment_ids"] > 0).astype(jnp.float32)
+    weights_BT = target_weights(batch)
     nats, num_bytes, tokens = bpb.token_nats_and_bytes(logits_BTV, batch["targets"], weights_BT, token_bytes_V)
     return {"nats": nats, "bytes": num_bytes, "tokens": tokens}
   return jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding))

@@ -1,0 +1,51 @@
+"""Letter counting and spelling solved with the Python tool ("how many r's are in strawberry?").
+
+A token is a chunk of letters, so a model that sees "strawberry" as two or three tokens cannot count its
+r's by looking; it can write `print("strawberry".count("r"))` and read the answer. Words come from the
+built-in corpus (lowercase words of 4-10 letters in pydoc_data.topics) plus a few classics; the held-out
+split is by the word (tasks.base.in_split), so evaluation words were never seen in training.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+
+from llm_jax.data.tasks.base import Example, draw, tool_turn
+
+_CLASSICS = ("strawberry", "banana", "mississippi", "raspberry", "committee", "bookkeeper", "parallel")
+_COUNT_QUESTIONS = ('How many "{c}" are in "{w}"?', 'How many times does the letter {c} appear in "{w}"?',
+                    'Count the letter "{c}" in the word "{w}".', 'How many {c}\'s are in "{w}"?')
+_COUNT_ANSWERS = ('There are {n} "{c}" in "{w}".', "{n}", 'The letter {c} appears {n} times.', "The answer is {n}.")
+_SPELL_QUESTIONS = ('Spell "{w}" letter by letter.', 'How do you spell "{w}"?', 'Spell the word "{w}".')
+
+
+@functools.lru_cache(maxsize=1)
+def words() -> tuple[str, ...]:
+  import pydoc_data.topics  # pylint: disable=import-outside-toplevel
+  text = " ".join(pydoc_data.topics.topics.values())
+  return tuple(sorted(set(re.findall(r"(?<![\w.])[a-z]{4,10}(?![\w.])", text)) | set(_CLASSICS)))
+
+
+def _word(rng: random.Random) -> tuple:
+  return (rng.choice(words()),)
+
+
+def make_counting(rng: random.Random, split: str) -> Example:
+  (word,) = draw(rng, split, _word, lambda w: w)
+  # Letters that occur are asked about 3 times out of 4 (answers of 0 would otherwise dominate).
+  letter = rng.choice(word) if rng.random() < 0.75 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+  n = str(word.count(letter))
+  code = f'print("{word}".count("{letter}"))'
+  answer = rng.choice(_COUNT_ANSWERS).format(n=n, c=letter, w=word)
+  return Example([{"role": "user", "content": rng.choice(_COUNT_QUESTIONS).format(c=letter, w=word)},
+                  tool_turn("python", code, n + "\n", answer)], n, "counting")
+
+
+def make_spelling(rng: random.Random, split: str) -> Example:
+  (word,) = draw(rng, split, _word, lambda w: w)
+  spelled = "-".join(word)
+  code = f'print("-".join("{word}"))'
+  return Example([{"role": "user", "content": rng.choice(_SPELL_QUESTIONS).format(w=word)},
+                  tool_turn("python", code, spelled + "\n", spelled)], spelled, "spelling", kind="text")

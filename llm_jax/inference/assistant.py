@@ -1,0 +1,98 @@
+"""The assistant's turn: the engine decodes, the host runs tool calls and forces their outputs back in.
+
+    assistant = Assistant(engine, tokenizer)                       # tools: calculator + sandboxed python
+    parts = assistant.respond([conversation, ...])                 # one list of parts per conversation
+    for parts in assistant.stream(conversation): ...               # the turn so far, after every chunk
+
+A small state machine around the jitted decode loop (llm_jax/inference/engine.py), as in nanochat's engine:
+each row decodes until it writes <|tool_call_end|> or <|assistant_end|>. Rows that stopped on a call get
+`<|tool_output_start|> output <|tool_output_end|>` forced into their cache (Engine.force) and decode on;
+the others stay stopped. Tools run on the host, in parallel across rows; a tool error is text the model
+reads (llm_jax/inference/tools.py), never an exception. With `tools=None` nothing is executed and nothing
+stops on a call: the model writes the "tool output" itself — the tools-off baseline of the tool-use
+evaluation (what the model knows without its tools).
+
+Per row at most `max_tool_calls` calls are run and each output is cut to `max_output_tokens` tokens; a
+turn ends at <|assistant_end|>, after max_new_tokens decoded tokens, or when the cache is full.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from llm_jax.data import chat
+from llm_jax.inference import tools as tools_lib
+from llm_jax.inference.engine import NO_TOKEN, Engine, Sampling, _bucket
+
+
+class Assistant:
+
+  def __init__(self, engine: Engine, tokenizer, tools: Mapping[str, Callable[[str], str]] | None = tools_lib.TOOLS,
+               *, max_tool_calls: int = 4, max_output_tokens: int = 48):
+    self.engine, self.tokenizer, self.tools = engine, tokenizer, tools
+    self.markers = chat.Markers.of(tokenizer)
+    self.max_tool_calls, self.max_output_tokens = max_tool_calls, max_output_tokens
+
+  def _tool_output(self, call: dict) -> list[int]:
+    output = tools_lib.run_tool(call["tool"], call["input"], self.tools)
+    ids = self.tokenizer.encode(output)[:self.max_output_tokens]
+    return [self.markers.tool_output[0], *ids, self.markers.tool_output[1]]
+
+  def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
+          seed: int = 0, chunk: int | None = None) -> Iterator[list[list[int]]]:
+    """Yields every row's tokens so far (after <|assistant_start|>, forced tool outputs included) after each
+    `chunk` decode steps (None: only when a tool call or the end of the turn stops decoding)."""
+    m = self.markers
+    stop = [m.assistant[1]] + ([m.tool_call[1]] if self.tools is not None else [])
+    forced_slots = _bucket(self.max_output_tokens + 2, self.engine.prompt_multiple)
+    extra = forced_slots * self.max_tool_calls if self.tools is not None else 0
+    room = self.engine.model.cfg.max_seq_len - max(len(p) for p in prompts)
+    if room <= 0:
+      raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room in the model's "
+                       f"max_seq_len={self.engine.model.cfg.max_seq_len}")
+    max_new_tokens = min(max_new_tokens, room)
+    state = self.engine.start(prompts, max_new_tokens, seed, extra_slots=extra)
+    tokens = [[] for _ in prompts]
+    calls = [0] * len(prompts)
+    left = max_new_tokens
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+      while left > 0:
+        index = int(state.cache["index"])
+        state, out = self.engine.decode(state, min(chunk or left, left), sampling, stop)
+        left -= int(state.cache["index"]) - index
+        for row, new in zip(tokens, out):
+          row += [int(t) for t in new if t != NO_TOKEN]
+        done = np.asarray(state.done)
+        if not done.all():  # a chunk ended mid-turn
+          yield tokens
+          continue
+        pending = {r: chat.parse_assistant(row, self.tokenizer, m)[-1] for r, row in enumerate(tokens)
+                   if row and row[-1] == m.tool_call[1] and calls[r] < self.max_tool_calls}
+        if not pending or left <= 0:
+          break
+        outputs = dict(zip(pending, pool.map(self._tool_output, pending.values())))
+        forced = [outputs.get(r, []) for r in range(len(tokens))]
+        for r, ids in outputs.items():
+          tokens[r] += ids
+          calls[r] += 1
+        yield tokens
+        state = self.engine.force(state, forced)
+    yield tokens
+
+  def respond(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 128,
+              sampling: Sampling = Sampling(), seed: int = 0) -> list[list[dict]]:
+    """The assistant's next turn (its parts: text, tool calls, tool outputs) for each conversation."""
+    prompts = [chat.render_for_completion(c, self.tokenizer, self.markers) for c in conversations]
+    for tokens in self.run(prompts, max_new_tokens, sampling, seed):
+      pass
+    return [chat.parse_assistant(row, self.tokenizer, self.markers) for row in tokens]
+
+  def stream(self, conversation: Sequence[dict], max_new_tokens: int = 256, sampling: Sampling = Sampling(),
+             seed: int = 0, chunk: int = 4) -> Iterator[list[dict]]:
+    """The parts of the assistant's turn so far, every `chunk` tokens and after every tool call."""
+    prompt = chat.render_for_completion(conversation, self.tokenizer, self.markers)
+    for tokens in self.run([prompt], max_new_tokens, sampling, seed, chunk=chunk):
+      yield chat.parse_assistant(tokens[0], self.tokenizer, self.markers)
