@@ -232,6 +232,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except (ValueError, OSError) as e:  # a bad JSONL file (named with its line) or a tokenizer without chat tokens
       raise config_lib.ConfigError(f"sft.mixture: {e}") from None
     order0 = None
+    if not val_examples:
+      val_examples = train_examples[:config.sft.eval_examples]
+      _print("note: sft.mixture holds no held-out conversations (files under 20 conversations are not split); "
+             "eval/loss is measured on training conversations")
     _print(f"data: {len(train_examples)} training conversations ({train_stats['tokens']:,} tokens, "
            f"{train_stats['trained_tokens']:,} trained) from sft.mixture={config.sft.mixture!r}, "
            f"{len(val_examples)} held out; too long for data.seq_len={config.data.seq_len}: "
@@ -292,6 +296,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed)
   model_params = lambda params: params  # what the model runs with, from the state's params
   loss_fn, flops_per_token = build_loss(config, setup, mesh, tok)
+  params_sharding = setup.params_sharding  # of the full model, which evaluation runs (merged, under LoRA)
   if config.lora.rank:  # the state holds the adapters; the base is an argument of the step
     base_params = init_params(config.init_from, setup)
     token_ids = sft.lora_token_ids(config, tok)
@@ -322,7 +327,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
                                batch_sharding=batch_sharding)
   token_bytes = jax.device_put(tok.token_bytes(), sharding.replicated(mesh))  # a global array, like params
-  eval_step = make_eval_step(model, token_bytes, params_sharding=setup.params_sharding,
+  eval_step = make_eval_step(model, token_bytes, params_sharding=params_sharding,
                              batch_sharding=batch_sharding)
   writer = metrics_lib.Writer(workdir)
   throughput = metrics_lib.Throughput(

@@ -5,7 +5,8 @@ The loop itself is pretraining's (llm_jax/train.py): the same jitted step with t
 counts only targets whose `weights` are 1 — the assistant's own tokens (llm_jax/data/chat.py). Data is a
 pool of `sft.examples` conversations drawn from `sft.mixture` (synthetic tasks and JSONL files), rendered
 once, packed whole into rows (data/pipeline.py sft_dataset) and cycled through in a seeded order; eval/loss
-and eval/bpb are measured on held-out conversations (the tasks' validation split; 5% of each file by hash).
+and eval/bpb are measured on held-out conversations (the tasks' validation split; data.val_fraction of each file by hash, none of files with fewer than
+20 conversations; with no held-out conversation at all, the first training ones, and the run says so).
 
 LoRA (`lora.rank > 0`): the train state's params are the adapters alone (llm_jax/model/lora.py); the base
 weights from init_from are bound to the loss as arguments of the compiled step (like distillation's
@@ -26,16 +27,26 @@ from llm_jax.training.state import Setup, TrainState
 from llm_jax.training.step import next_token_loss
 
 
+MIN_HELD_OUT_FILE = 20  # conversation files smaller than this are not split (all of it trains)
+
+
 def conversations(config, split: str) -> list[list[dict]]:
   """The training pool (split "train", sft.examples) or held-out set ("val", sft.eval_examples)."""
   weights = tasks.parse_weights(config.sft.mixture)
+  if not weights:
+    return []
   val_percent = round(100 * config.data.val_fraction)
   files = {}
-  for path in (k for k in weights if k not in tasks.TASKS):
-    files[path] = [c for c in chat.read_jsonl(path)
-                   if tasks.in_split(json.dumps(c, sort_keys=True), split, val_percent)]
+  for path in [k for k in weights if k not in tasks.TASKS]:
+    convs = list(chat.read_jsonl(path))
+    if len(convs) < MIN_HELD_OUT_FILE:  # too small to hold any out: all of it trains
+      files[path] = convs if split == "train" else []
+    else:
+      files[path] = [c for c in convs if tasks.in_split(json.dumps(c, sort_keys=True), split, val_percent)]
     if not files[path]:
       weights.pop(path)  # e.g. a file too small to have held-out conversations
+  if not weights:
+    return []
   n = config.sft.examples if split == "train" else config.sft.eval_examples
   return tasks.mixture(weights, n, seed=config.seed + (split == "val"), split=split, files=files)
 

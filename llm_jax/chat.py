@@ -1,0 +1,97 @@
+"""Terminal chat with a fine-tuned workdir: streaming replies, visible tool calls, history.
+
+    python -m llm_jax.chat --workdir runs/sft_tiny [--temperature 0.7] [--no_tools] [--system "..."]
+
+Each line you type is a user message; the assistant's turn streams back, its tool calls shown as
+`[calculator: 347*29] -> 10063` (the host runs them: llm_jax/inference/tools.py, Python in a sandbox).
+Commands: /reset (forget the conversation), /exit (or end of input). When the history no longer fits the
+model's context, the oldest exchanges are dropped and a note says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from absl import app, flags
+
+import llm_jax
+from llm_jax import config as config_lib
+from llm_jax.data import chat
+from llm_jax.eval.tasks import show
+from llm_jax.inference import tools as tools_lib
+from llm_jax.inference.assistant import Assistant
+from llm_jax.inference.engine import Engine, Sampling
+from llm_jax.model import Transformer
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned (stage sft) workdir.", required=True)
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling (1: off).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens per reply.")
+_SYSTEM = flags.DEFINE_string("system", "", "A system message to start every conversation with.")
+_NO_TOOLS = flags.DEFINE_bool("no_tools", False, "Do not run tool calls (the model then writes their output).")
+_TOOL_TIMEOUT = flags.DEFINE_float("tool_timeout", 5.0, "Seconds per Python tool run.")
+
+
+def fit_history(history: list[dict], tokenizer, budget: int) -> tuple[list[dict], int]:
+  """The history with its oldest exchanges dropped until its prompt has `budget` tokens or fewer; returns
+  (history, messages dropped). The system message and the last user message always stay."""
+  head = history[:1] if history and history[0]["role"] == "system" else []
+  body, dropped = history[len(head):], 0
+  while len(chat.render_for_completion(head + body, tokenizer)) > budget:
+    users = [i for i, m in enumerate(body) if m["role"] == "user"]
+    if len(users) < 2:
+      break  # only the newest question is left: the caller reports it as too long
+    dropped += users[1]
+    body = body[users[1]:]
+  return head + body, dropped
+
+
+def main(argv):
+  del argv
+  config, params, tok = llm_jax.load(_WORKDIR.value)
+  model = Transformer(config_lib.model_config(config))
+  tools = None if _NO_TOOLS.value else {"calculator": tools_lib.calculator,
+                                        "python": functools.partial(tools_lib.run_python, timeout=_TOOL_TIMEOUT.value)}
+  assistant = Assistant(Engine(model, params), tok, tools)
+  sampling = Sampling(_TEMPERATURE.value, top_p=_TOP_P.value)
+  start = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
+  history = list(start)
+  budget = model.cfg.max_seq_len - min(_MAX_NEW.value, model.cfg.max_seq_len // 2)
+  print(f"llm_jax chat with {_WORKDIR.value} (tools {'off' if tools is None else 'on'}). /reset, /exit", flush=True)
+  turn = 0
+  while True:
+    sys.stdout.write("you> ")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line or line.strip() == "/exit":
+      print()
+      return
+    line = line.rstrip("\n")
+    if line.strip() == "/reset":
+      history = list(start)
+      print("(conversation reset)", flush=True)
+      continue
+    if not line.strip():
+      continue
+    history, dropped = fit_history(history + [{"role": "user", "content": line}], tok, budget)
+    if dropped:
+      print(f"(dropped the {dropped} oldest messages to fit the model's {model.cfg.max_seq_len}-token context)")
+    if len(chat.render_for_completion(history, tok)) > budget:
+      print(f"(that message is too long for the model's {model.cfg.max_seq_len}-token context)", flush=True)
+      history = history[:-1]
+      continue
+    sys.stdout.write("assistant> ")
+    shown, parts = "", []
+    for parts in assistant.stream(history, _MAX_NEW.value, sampling, seed=turn):
+      text = show(parts)
+      sys.stdout.write(text[len(shown):] if text.startswith(shown) else "\n" + text)
+      sys.stdout.flush()
+      shown = text
+    print(flush=True)
+    history.append({"role": "assistant", "content": parts or [{"type": "text", "text": ""}]})
+    turn += 1
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,111 @@
+"""The SFT stage end to end on micro models: fine-tuning from a pretrained workdir (full and LoRA), and the
+chat CLI driven as a real process through a pseudo-terminal, with a tool call round trip."""
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+MICRO = os.path.join(ROOT, "tests", "micro_config.py")
+# One conversation the micro model learns by heart: a calculator call, its output, the answer.
+CONVERSATION = [{"role": "user", "content": "add"},
+                {"role": "assistant", "content": [{"type": "tool_call", "tool": "calculator", "input": "2+3"},
+                                                  {"type": "tool_output", "output": "5"},
+                                                  {"type": "text", "text": "5"}]}]
+
+
+def _train(workdir, *overrides):
+  out = subprocess.run([sys.executable, "-m", "llm_jax.train", "--config", MICRO, "--workdir", str(workdir),
+                        *overrides], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pre")
+  _train(workdir, "--config.train.steps=4", "--config.data.seq_len=64")
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def sft_workdir(pretrained, tmp_path_factory):
+  """A micro model fine-tuned on one tool-call conversation until it says it back."""
+  path = tmp_path_factory.mktemp("data") / "one.jsonl"
+  path.write_text(json.dumps(CONVERSATION) + "\n")
+  workdir = tmp_path_factory.mktemp("sft")
+  _train(workdir, "--config.stage=sft", f"--config.init_from={pretrained}", f"--config.sft.mixture={path}:1",
+         "--config.sft.examples=64", "--config.data.seq_len=64", "--config.data.val_fraction=0.5",
+         "--config.train.steps=60", "--config.train.lr=0.02", "--config.train.warmup_steps=5",
+         "--config.train.eval_every=60", "--config.train.checkpoint_every=60", "--config.train.log_every=10")
+  return workdir
+
+
+def test_sft_trains_only_assistant_tokens_and_learns(sft_workdir):
+  metrics = [json.loads(line) for line in open(os.path.join(sft_workdir, "metrics.jsonl"), encoding="utf-8")]
+  losses = [m["loss"] for m in metrics if "loss" in m]
+  assert losses[-1] < 0.2 * losses[0]
+  config = json.load(open(os.path.join(sft_workdir, "config.json"), encoding="utf-8"))
+  assert config["stage"] == "sft"
+
+
+def test_sft_with_lora_saves_adapters_only_and_loads_merged(pretrained, tmp_path):
+  import llm_jax  # pylint: disable=import-outside-toplevel
+  from llm_jax.model import lora  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "lora"
+  out = _train(workdir, "--config.stage=sft", f"--config.init_from={pretrained}", "--config.lora.rank=4",
+               "--config.sft.mixture=arithmetic:1", "--config.sft.examples=64", "--config.sft.eval_problems=2",
+               "--config.data.seq_len=64", "--config.train.steps=4", "--config.sft.max_new_tokens=16")
+  assert "LoRA:" in out.stdout + out.stderr
+  _, base, _ = llm_jax.load(str(pretrained))
+  _, merged, _ = llm_jax.load(str(workdir))
+  # The checkpoint holds far fewer numbers than the model, and loading merges them into a changed model.
+  saved = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir / "checkpoints" / "4" / "params")
+              for f in fs)
+  assert saved < 0.5 * 4 * lora.num_params(base)
+  q_base, q_merged = base["layers"]["block_0"]["attn"]["q"]["kernel"], merged["layers"]["block_0"]["attn"]["q"]["kernel"]
+  assert q_base.shape == q_merged.shape and abs(q_base - q_merged).max() > 0
+  assert (base["final_norm"]["scale"] == merged["final_norm"]["scale"]).all()  # not adapted
+
+
+def _read_until(fd, pattern: str, timeout: float) -> str:
+  out, deadline = "", time.time() + timeout
+  while pattern not in out:
+    left = deadline - time.time()
+    if left <= 0:
+      raise AssertionError(f"timed out waiting for {pattern!r}; got:\n{out}")
+    if select.select([fd], [], [], left)[0]:
+      try:
+        chunk = os.read(fd, 4096).decode("utf-8", "replace")
+      except OSError:  # the child closed the terminal
+        break
+      out += chunk
+  return out
+
+
+def test_chat_cli_streams_runs_a_tool_and_takes_commands(sft_workdir):
+  leader, follower = pty.openpty()
+  proc = subprocess.Popen([sys.executable, "-m", "llm_jax.chat", "--workdir", str(sft_workdir),
+                           "--max_new_tokens", "24"], stdin=follower, stdout=follower, stderr=follower,
+                          env=ENV, cwd=ROOT)
+  os.close(follower)
+  try:
+    _read_until(leader, "you> ", 120)
+    os.write(leader, b"add\n")
+    reply = _read_until(leader, "you> ", 120)
+    # The model called the calculator, the host ran it, and the model read the result back.
+    assert "[calculator: 2+3] -> 5" in reply, reply
+    os.write(leader, b"/reset\n")
+    assert "(conversation reset)" in _read_until(leader, "you> ", 30)
+    os.write(leader, b"/exit\n")
+    assert proc.wait(timeout=30) == 0
+  finally:
+    proc.kill()
+    os.close(leader)
