@@ -29,21 +29,13 @@ def load(workdir: str, step: int | None = None, mesh=None):
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}) if mesh is None else mesh
   setup = state.build(config, mesh)
   tok = tokenizer.load(os.path.join(workdir, "tokenizer"))
-  lora_config = config.get("lora", {})
-  if lora_config.get("rank", 0):  # checkpoints hold LoRA adapters: merge them into init_from's weights
+  if config.get("lora", {}).get("rank", 0):  # checkpoints hold LoRA adapters: merge them into init_from's weights
     import jax  # pylint: disable=import-outside-toplevel
-    from llm_jax.model import lora  # pylint: disable=import-outside-toplevel
     from llm_jax.training import sft  # pylint: disable=import-outside-toplevel
     _, base, _ = load(config.init_from, mesh=mesh)
-    token_ids = sft.lora_token_ids(config, tok)
-    targets = tuple(t.strip() for t in lora_config["targets"].split(",") if t.strip())
-    abstract = jax.eval_shape(lambda: lora.init(jax.random.PRNGKey(0), base, rank=lora_config["rank"],
-                                                targets=targets, token_ids=token_ids))
-    replicated = sharding.replicated(mesh)
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    init_adapters, merge = sft.lora_fns(config, tok)
+    abstract = sft.replicated_abstract(jax.eval_shape(init_adapters, jax.random.PRNGKey(0), base), mesh)
     adapters = checkpoint.restore_params(workdir, abstract, step)
-    merge = jax.jit(lambda b, a: lora.merge(b, a, rank=lora_config["rank"], alpha=lora_config["alpha"],
-                                            token_ids=token_ids), out_shardings=setup.params_sharding)
-    return config, merge(base, adapters), tok
+    return config, jax.jit(merge, out_shardings=setup.params_sharding)(base, adapters), tok
   params = checkpoint.restore_params(workdir, setup.abstract_state.params, step)
   return config, params, tok

@@ -299,8 +299,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   params_sharding = setup.params_sharding  # of the full model, which evaluation runs (merged, under LoRA)
   if config.lora.rank:  # the state holds the adapters; the base is an argument of the step
     base_params = init_params(config.init_from, setup)
-    token_ids = sft.lora_token_ids(config, tok)
-    setup, loss_fn, model_params = sft.lora_setup(config, setup, mesh, base_params, token_ids)
+    setup, loss_fn, model_params = sft.lora_setup(config, setup, mesh, base_params, tok)
     flops_per_token = flops_per_token * 2 / 3  # no weight gradients for the frozen base: 4N, not 6N, per token
 
   if start:

@@ -76,23 +76,34 @@ def lora_token_ids(config, tok) -> tuple[int, ...]:
   return tuple(sorted(tok.special[t] for t in tokenizer_lib.CONTROL_TOKENS if t in tok.special))
 
 
-def lora_setup(config, setup: Setup, mesh, base_params, token_ids) -> tuple[Setup, jax.tree_util.Partial, callable]:
+def lora_fns(config, tok) -> tuple[callable, callable]:
+  """(rng, base params -> fresh adapters, (base, adapters) -> merged params) for the config's lora section."""
+  targets = tuple(t.strip() for t in config.lora.targets.split(",") if t.strip())
+  token_ids = lora_token_ids(config, tok)
+  init = functools.partial(lora.init, rank=config.lora.rank, targets=targets, token_ids=token_ids)
+  merge = functools.partial(lora.merge, rank=config.lora.rank, alpha=config.lora.alpha, token_ids=token_ids)
+  return init, merge
+
+
+def replicated_abstract(tree, mesh):
+  """ShapeDtypeStructs of `tree` (arrays or shapes) placed whole on every device: how adapters live."""
+  replicated = sharding.replicated(mesh)
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
+
+
+def lora_setup(config, setup: Setup, mesh, base_params, tok) -> tuple[Setup, jax.tree_util.Partial, callable]:
   """(Setup whose state holds the adapters, the loss over base + adapters, adapters -> merged params).
 
   Adapters are small: replicated on every device. The base keeps its training sharding.
   """
-  rank, alpha = config.lora.rank, config.lora.alpha
-  targets = tuple(t.strip() for t in config.lora.targets.split(",") if t.strip())
+  init_adapters, merge = lora_fns(config, tok)
   tx = setup.tx
 
   def init(rng):
-    return TrainState.create(lora.init(rng, base_params, rank=rank, targets=targets, token_ids=token_ids), tx, rng)
+    return TrainState.create(init_adapters(rng, base_params), tx, rng)
 
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  replicated = sharding.replicated(mesh)
-  state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
-  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-  merge = functools.partial(lora.merge, rank=rank, alpha=alpha, token_ids=token_ids)
+  abstract = replicated_abstract(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
   base_loss = next_token_loss(setup.model)
 
   def loss_fn(base, adapters, batch, rng):
