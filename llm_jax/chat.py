@@ -10,7 +10,6 @@ model's context, the oldest exchanges are dropped and a note says so.
 
 from __future__ import annotations
 
-import functools
 import sys
 
 from absl import app, flags
@@ -51,8 +50,7 @@ def main(argv):
   del argv
   config, params, tok = llm_jax.load(_WORKDIR.value)
   model = Transformer(config_lib.model_config(config))
-  tools = None if _NO_TOOLS.value else {"calculator": tools_lib.calculator,
-                                        "python": functools.partial(tools_lib.run_python, timeout=_TOOL_TIMEOUT.value)}
+  tools = None if _NO_TOOLS.value else tools_lib.with_timeout(_TOOL_TIMEOUT.value)
   assistant = Assistant(Engine(model, params), tok, tools)
   sampling = Sampling(_TEMPERATURE.value, top_p=_TOP_P.value)
   start = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []

@@ -70,7 +70,8 @@ def test_sft_with_lora_saves_adapters_only_and_loads_merged(pretrained, tmp_path
   saved = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir / "checkpoints" / "4" / "params")
               for f in fs)
   assert saved < 0.5 * 4 * lora.num_params(base)
-  q_base, q_merged = base["layers"]["block_0"]["attn"]["q"]["kernel"], merged["layers"]["block_0"]["attn"]["q"]["kernel"]
+  q_of = lambda params: params["layers"]["block_0"]["attn"]["q"]["kernel"]
+  q_base, q_merged = q_of(base), q_of(merged)
   assert q_base.shape == q_merged.shape and abs(q_base - q_merged).max() > 0
   assert (base["final_norm"]["scale"] == merged["final_norm"]["scale"]).all()  # not adapted
 

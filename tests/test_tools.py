@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 
-from llm_jax.inference import tools
+from llm_jax.inference import sandbox, tools
 
 HANG_TIMEOUT = 2.0  # programs that never finish on their own
 RUN_TIMEOUT = 15.0  # programs that finish at once; generous so a loaded CI machine does not time them out
@@ -452,7 +452,7 @@ def hostile(tmp_path_factory):
   with open("/etc/passwd") as f:
     passwd_root_line = next(line for line in f if line.startswith("root:")).strip()
   host_home = os.path.expanduser("~")
-  bound = {d.strip("/").split("/")[0] for d in tools._python_dirs()}
+  bound = {d.strip("/").split("/")[0] for d in sandbox._python_dirs()}
   ctx = type("Ctx", (), {})()
   ctx.__dict__.update(
       secret=secret, sentinel=str(sentinel), tag=tag, env_secret=f"env-secret-{tag}",

@@ -142,7 +142,8 @@ def train_dataset(texts: list[str], tokenizer, *, seq_len: int, batch_size: int,
   `prefetch` batches are built ahead in a background thread (0: on demand, in the caller's thread).
   """
   tokenize = _Tokenize(tokenizer)
-  return _row_streams(grain.MapDataset.source(texts), lambda ds: ds.map(tokenize).filter(lambda x: len(x["inputs"]) > 0),
+  tokenized = lambda ds: ds.map(tokenize).filter(lambda x: len(x["inputs"]) > 0)
+  return _row_streams(grain.MapDataset.source(texts), tokenized,
                       lambda ds: _pack(ds, seq_len), batch_size=batch_size, seed=seed, rows=rows, prefetch=prefetch)
 
 

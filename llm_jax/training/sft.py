@@ -5,8 +5,9 @@ The loop itself is pretraining's (llm_jax/train.py): the same jitted step with t
 counts only targets whose `weights` are 1 — the assistant's own tokens (llm_jax/data/chat.py). Data is a
 pool of `sft.examples` conversations drawn from `sft.mixture` (synthetic tasks and JSONL files), rendered
 once, packed whole into rows (data/pipeline.py sft_dataset) and cycled through in a seeded order; eval/loss
-and eval/bpb are measured on held-out conversations (the tasks' validation split; data.val_fraction of each file by hash, none of files with fewer than
-20 conversations; with no held-out conversation at all, the first training ones, and the run says so).
+and eval/bpb are measured on held-out conversations (the tasks' validation split; data.val_fraction of each
+file by hash, none of files with fewer than 20 conversations; with no held-out conversation at all, the first
+training ones, and the run says so).
 
 LoRA (`lora.rank > 0`): the train state's params are the adapters alone (llm_jax/model/lora.py); the base
 weights from init_from are bound to the loss as arguments of the compiled step (like distillation's
@@ -122,8 +123,7 @@ def describe_lora(base_params, adapters) -> str:
 
 def tools_for(config) -> dict:
   from llm_jax.inference import tools  # pylint: disable=import-outside-toplevel
-  return {"calculator": tools.calculator,
-          "python": functools.partial(tools.run_python, timeout=config.sft.tool_timeout)}
+  return tools.with_timeout(config.sft.tool_timeout)
 
 
 def checked_tasks(config) -> list[str]:
