@@ -22,8 +22,8 @@ import time
 
 import jax
 
-import common
-from common import ROOT, config_lib, metrics_lib, pretrain
+from common import ROOT, config_lib, metrics_lib, pretrain  # common puts the repository on sys.path
+from llm_jax.model import lora
 from llm_jax.training import sft
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,12 +46,12 @@ def _trainable(config, base_workdir: str) -> tuple[int, int]:
   """(trainable parameters, all parameters the model runs with) for the config (LoRA or full)."""
   import llm_jax  # pylint: disable=import-outside-toplevel
   _, base, tok = llm_jax.load(base_workdir)
-  n_base = sum(x.size for x in jax.tree_util.tree_leaves(base))
+  n_base = lora.num_params(base)
   if not config.lora.rank:
     return n_base, n_base
   init_adapters, _ = sft.lora_fns(config, tok)
   adapters = jax.eval_shape(init_adapters, jax.random.PRNGKey(0), base)
-  n = sum(x.size for x in jax.tree_util.tree_leaves(adapters))
+  n = lora.num_params(adapters)
   return n, n_base + n
 
 

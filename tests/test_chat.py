@@ -184,8 +184,9 @@ def test_sft_rows_pack_whole_conversations_with_their_masks(small_tokenizer):
 
 
 class ScriptedEngine:
-  """An Engine stand-in whose "model" writes scripted tokens: each row has a list of turns, and after a
-  forced tool output the row continues with its next segment. Records what was forced."""
+  """An Engine stand-in whose "model" writes scripted tokens: each script is a list of segments, and after a
+  forced tool output the row goes on with its next segment. Rows decode in lockstep over shared slots, as in
+  the engine; a fresh start() continues the scripts whose context so far is the prompt. Records forced rows."""
 
   class _Cfg:
     max_seq_len = 1000
@@ -199,36 +200,50 @@ class ScriptedEngine:
     self.scripts = [list(s) for s in scripts]  # per row: segments (lists of ids), each ending in a stop
     self.model = self._Model()
     self.model.cfg = self._Cfg()
-    self.forced = []
+    self.forced, self.starts = [], []
+    self.context = None  # per script: every token it has seen (prompt, written, forced)
 
   def start(self, prompts, max_new_tokens, seed=0, extra_slots=0):
-    self.pos = [0] * len(prompts)
-    self.segment = [0] * len(prompts)
+    extends = lambda p, c: len(p) >= len(c) and list(p[:len(c)]) == c
+    if self.context is None or not all(any(extends(p, c) for c in self.context) for p in prompts):
+      # a new batch of conversations: row r plays script r from its start
+      self.rows, self.context = list(range(len(prompts))), [list(p) for p in prompts]
+      self.segment, self.pos = [0] * len(self.scripts), [0] * len(self.scripts)
+    else:  # the script whose context the prompt extends; given more (a tool's output), its next segment
+      self.rows = [next(r for r, c in enumerate(self.context) if extends(p, c)) for p in prompts]
+      for r, p in zip(self.rows, prompts):
+        if len(p) > len(self.context[r]):
+          self.context[r], self.segment[r], self.pos[r] = list(p), self.segment[r] + 1, 0
+    self.starts.append(self.rows)
     self.done = np.zeros(len(prompts), bool)
-    self.cache = {"index": 0}  # decode steps so far (each step takes one slot in every row)
+    slots = max(len(p) for p in prompts) + max_new_tokens + extra_slots
+    self.cache = {"index": max(len(p) for p in prompts), "valid": np.zeros((len(prompts), slots), bool)}
     return self
 
   def decode(self, state, steps, sampling, stop_ids):
-    out = np.full((len(self.scripts), steps), NO_TOKEN)
-    for r, script in enumerate(self.scripts):
-      if self.done[r]:
+    out = np.full((len(self.rows), steps), NO_TOKEN)
+    for i, r in enumerate(self.rows):
+      if self.done[i]:
         continue
-      segment = script[self.segment[r]]
+      segment = self.scripts[r][self.segment[r]]
       for j in range(steps):
-        token = segment[self.pos[r]]
-        out[r, j] = token
+        out[i, j] = token = segment[self.pos[r]]
+        self.context[r].append(token)
         self.pos[r] += 1
         if token in stop_ids or self.pos[r] == len(segment):
-          self.done[r] = True
+          self.done[i] = True
           break
-    self.cache = {"index": self.cache["index"] + int((out != NO_TOKEN).any(axis=0).sum())}
+    self.cache["index"] += int((out != NO_TOKEN).any(axis=0).sum())  # each step takes a slot in every row
     return self, out
 
   def force(self, state, rows):
     self.forced.append(rows)
-    for r, ids in enumerate(rows):
+    self.cache["index"] += max(len(ids) for ids in rows)
+    for i, ids in enumerate(rows):
       if ids:
-        self.done[r] = False
+        r = self.rows[i]
+        self.context[r] += ids
+        self.done[i] = False
         self.segment[r] += 1
         self.pos[r] = 0
     return self
@@ -260,6 +275,20 @@ def test_assistant_runs_tools_forces_outputs_and_respects_limits(small_tokenizer
   engine_off = ScriptedEngine([[call("calculator", "6*7") + tok.encode("41") + [m.assistant[1]]]])
   reply = Assistant(engine_off, tok, None).respond([conv], max_new_tokens=200)[0]
   assert engine_off.forced == [] and chat.final_text(reply) == "41"
+
+
+def test_a_row_at_its_budget_does_not_starve_the_rows_with_tool_calls(small_tokenizer):
+  tok = small_tokenizer
+  m = chat.Markers.of(tok)
+  call = [m.tool_call[0], *tok.encode("calculator\n6*7"), m.tool_call[1]]
+  answer = tok.encode("It is 42.") + [m.assistant[1]]
+  rambling = tok.encode("la " * 40)  # never stops: writes to its budget
+  engine = ScriptedEngine([[call, answer], [rambling]])
+  replies = Assistant(engine, tok).respond([[{"role": "user", "content": "q"}]] * 2, max_new_tokens=len(call) + 8)
+  assert chat.final_text(replies[0]) == "It is 42." and replies[0][1]["output"] == "42"
+  assert len(tok.encode(chat.final_text(replies[1]))) <= len(call) + 8  # cut at its own budget
+  # The rambling row used the shared slots, so the caller went on from a fresh cache, alone.
+  assert engine.starts == [[0, 1], [0]] and engine.forced == []
 
 
 def test_task_evaluation_scores_with_the_checker(small_tokenizer):

@@ -602,7 +602,7 @@ def test_retriever_from_path(tmp_path):
   assert [i for i, _ in tools.Retriever.from_path(str(good)).search("gamma")] == [1]
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"text": "fine"}\n{"text": "fine"}\n{"text": oops}\n')
-  with pytest.raises(ValueError, match=r"bad\.jsonl:3: invalid JSON"):
+  with pytest.raises(ValueError, match=r"bad\.jsonl:3: not JSON"):
     tools.Retriever.from_path(bad)
   bad.write_text('{"text": "fine"}\n{"title": "no text"}\n')
   with pytest.raises(ValueError, match=r"bad\.jsonl:2: expected an object with a string 'text'"):

@@ -34,10 +34,9 @@ count both (the SFT pipeline prints them).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Iterator, Sequence
 
-from llm_jax.data import pipeline
+from llm_jax.data import pipeline, sources
 
 ROLES = ("system", "user", "assistant", "tool")
 PART_TYPES = ("text", "tool_call", "tool_output")
@@ -270,18 +269,10 @@ def read_jsonl(path: str) -> Iterator[list[dict]]:
 
   Each is validated; an error names the file and line. Blank lines are skipped.
   """
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ConversationError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
-      messages = record.get("messages") if isinstance(record, dict) else record
-      try:
-        normalize(messages)
-      except ConversationError as e:
-        raise ConversationError(f"{where}: {e}") from None
-      yield messages
+  for where, record in sources.jsonl_records(path, ConversationError):
+    messages = record.get("messages") if isinstance(record, dict) else record
+    try:
+      normalize(messages)
+    except ConversationError as e:
+      raise ConversationError(f"{where}: {e}") from None
+    yield messages

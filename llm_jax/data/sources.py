@@ -35,6 +35,21 @@ def stdlib_documents() -> list[dict]:
   return docs
 
 
+def jsonl_records(path: str, error: type[Exception] = ValueError) -> Iterator[tuple[str, object]]:
+  """("path:line", parsed JSON) for each non-blank line of a JSONL file; a line that is not JSON raises
+  `error` naming the file, line and column."""
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise error(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+      yield where, record
+
+
 def file_documents(path: str) -> list[dict]:
   """Documents from a .txt file (one document), a .jsonl file (field "text"), or a directory of them."""
   paths = [path] if os.path.isfile(path) else sorted(
@@ -44,15 +59,10 @@ def file_documents(path: str) -> list[dict]:
   docs = []
   for p in paths:
     if p.endswith(".jsonl"):
-      with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          try:
-            record = json.loads(line)
-            docs.append({"text": record["text"], "source": os.path.basename(p)})
-          except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{p}:{lineno}: expected a JSON object with a 'text' field ({e})") from e
+      for where, record in jsonl_records(p):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+          raise ValueError(f"{where}: expected a JSON object with a string 'text' field")
+        docs.append({"text": record["text"], "source": os.path.basename(p)})
     else:
       with open(p, encoding="utf-8", errors="replace") as f:
         docs.append({"text": f.read(), "source": os.path.basename(p)})

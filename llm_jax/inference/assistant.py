@@ -13,7 +13,8 @@ stops on a call: the model writes the "tool output" itself — the tools-off bas
 evaluation (what the model knows without its tools).
 
 Per row at most `max_tool_calls` calls are run and each output is cut to `max_output_tokens` tokens; a
-turn ends at <|assistant_end|>, after max_new_tokens decoded tokens, or when the cache is full.
+turn ends at <|assistant_end|>, after the row wrote max_new_tokens tokens (tool outputs not counted), or
+when its context reaches the model's max_seq_len.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from llm_jax.data import chat
 from llm_jax.inference import tools as tools_lib
 from llm_jax.inference.engine import NO_TOKEN, Engine, Sampling, _bucket
+from llm_jax.model.transformer import cache_slots
 
 
 class Assistant:
@@ -44,42 +46,58 @@ class Assistant:
   def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
           seed: int = 0, chunk: int | None = None) -> Iterator[list[list[int]]]:
     """Yields every row's tokens so far (after <|assistant_start|>, forced tool outputs included) after each
-    `chunk` decode steps (None: only when a tool call or the end of the turn stops decoding)."""
-    m = self.markers
+    `chunk` decode steps (None: only when a tool call or the end of the turn stops decoding).
+
+    Each row writes at most max_new_tokens tokens of its own (tool outputs do not count). Rows decode in
+    lockstep over one cache, so a row still writing when the others stopped on tool calls uses up shared
+    slots; then the rows with calls continue from a fresh cache of their context so far.
+    """
+    m, max_len = self.markers, self.engine.model.cfg.max_seq_len
     stop = [m.assistant[1]] + ([m.tool_call[1]] if self.tools is not None else [])
     forced_slots = _bucket(self.max_output_tokens + 2, self.engine.prompt_multiple)
     extra = forced_slots * self.max_tool_calls if self.tools is not None else 0
-    room = self.engine.model.cfg.max_seq_len - max(len(p) for p in prompts)
-    if room <= 0:
+    if max(len(p) for p in prompts) >= max_len:
       raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room in the model's "
-                       f"max_seq_len={self.engine.model.cfg.max_seq_len}")
-    max_new_tokens = min(max_new_tokens, room)
-    state = self.engine.start(prompts, max_new_tokens, seed, extra_slots=extra)
+                       f"max_seq_len={max_len}")
     tokens = [[] for _ in prompts]
-    calls = [0] * len(prompts)
-    left = max_new_tokens
+    written, calls = [0] * len(prompts), [0] * len(prompts)  # tokens each row wrote; tool calls run
+    rows, state, left, starts = list(range(len(prompts))), None, 0, 0  # the state's rows, its decode budget
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-      while left > 0:
+      while True:
+        if state is None:  # a fresh cache holding each row's prompt and turn so far
+          contexts = [list(prompts[r]) + tokens[r] for r in rows]
+          left = min(max(max_new_tokens - written[r] for r in rows), max_len - max(map(len, contexts)))
+          if left <= 0:
+            break
+          state = self.engine.start(contexts, left, seed + starts, extra_slots=extra)
+          starts += 1
         index = int(state.cache["index"])
         state, out = self.engine.decode(state, min(chunk or left, left), sampling, stop)
         left -= int(state.cache["index"]) - index
-        for row, new in zip(tokens, out):
-          row += [int(t) for t in new if t != NO_TOKEN]
+        for r, new in zip(rows, out):
+          new = [int(t) for t in new if t != NO_TOKEN][:max_new_tokens - written[r]]
+          tokens[r] += new
+          written[r] += len(new)
         done = np.asarray(state.done)
-        if not done.all():  # a chunk ended mid-turn
+        if not done.all() and left > 0:  # a chunk ended mid-turn
           yield tokens
           continue
-        pending = {r: chat.parse_assistant(row, self.tokenizer, m)[-1] for r, row in enumerate(tokens)
-                   if row and row[-1] == m.tool_call[1] and calls[r] < self.max_tool_calls}
-        if not pending or left <= 0:
+        pending = {r: chat.parse_assistant(tokens[r], self.tokenizer, m)[-1] for r in rows
+                   if tokens[r] and tokens[r][-1] == m.tool_call[1] and calls[r] < self.max_tool_calls
+                   and written[r] < max_new_tokens}
+        if not pending:
           break
         outputs = dict(zip(pending, pool.map(self._tool_output, pending.values())))
-        forced = [outputs.get(r, []) for r in range(len(tokens))]
         for r, ids in outputs.items():
           tokens[r] += ids
           calls[r] += 1
         yield tokens
-        state = self.engine.force(state, forced)
+        free = cache_slots(state.cache) - int(state.cache["index"])
+        if done.all() and free > forced_slots:  # every row stopped by itself: force the outputs in place
+          state = self.engine.force(state, [outputs.get(r, []) for r in rows])
+          left = min(max(max_new_tokens - written[r] for r in pending), free - forced_slots)
+        else:  # a row wrote to its budget and took the slots: the callers go on in a fresh cache
+          rows, state = list(pending), None
     yield tokens
 
   def respond(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 128,

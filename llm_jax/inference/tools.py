@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import json
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from llm_jax.data import sources
 from llm_jax.inference.sandbox import available_sandboxes, run_python, sandbox_kind  # noqa: F401 (the tools' API)
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -207,17 +207,10 @@ class Retriever:
         except UnicodeDecodeError as e:
           raise ValueError(f"{file}: not UTF-8 text ({e})") from None
     elif path.endswith(".jsonl"):
-      with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          try:
-            doc = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: invalid JSON ({e})") from None
-          if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-            raise ValueError(f"{path}:{line_no}: expected an object with a string 'text' field")
-          docs.append(doc)
+      for where, doc in sources.jsonl_records(path):
+        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+          raise ValueError(f"{where}: expected an object with a string 'text' field")
+        docs.append(doc)
     elif os.path.exists(path):
       raise ValueError(f"{path}: expected a directory of .txt files or a .jsonl file")
     else:

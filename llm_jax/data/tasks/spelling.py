@@ -2,8 +2,9 @@
 
 A token is a chunk of letters, so a model that sees "strawberry" as two or three tokens cannot count its
 r's by looking; it can write `print("strawberry".count("r"))` and read the answer. Words come from the
-built-in corpus (lowercase words of 4-10 letters in pydoc_data.topics) plus a few classics; the held-out
-split is by the word (tasks.base.in_split), so evaluation words were never seen in training.
+built-in corpus (lowercase words of 4-10 letters in pydoc_data.topics) plus a few classics, and in training
+also random letter strings (half of the problems); the held-out split is by the word (tasks.base.in_split),
+so evaluation words, always real ones, were never seen in training.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import string
 
 from llm_jax.data.tasks.base import Example, draw, tool_turn
 
@@ -32,10 +34,23 @@ def _word(rng: random.Random) -> tuple:
   return (rng.choice(words()),)
 
 
+def _train_word(rng: random.Random) -> tuple:
+  """A corpus word or, half of the time, random letters: with more strings than a small model can memorize,
+  it learns to copy the word from the question into its code instead of writing one it has seen."""
+  if rng.random() < 0.5:
+    return _word(rng)
+  return ("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9))),)
+
+
+def _draw_word(rng: random.Random, split: str) -> str:
+  (word,) = draw(rng, split, _train_word if split == "train" else _word, lambda w: w)
+  return word
+
+
 def make_counting(rng: random.Random, split: str) -> Example:
-  (word,) = draw(rng, split, _word, lambda w: w)
+  word = _draw_word(rng, split)
   # Letters that occur are asked about 3 times out of 4 (answers of 0 would otherwise dominate).
-  letter = rng.choice(word) if rng.random() < 0.75 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+  letter = rng.choice(word) if rng.random() < 0.75 else rng.choice(string.ascii_lowercase)
   n = str(word.count(letter))
   code = f'print("{word}".count("{letter}"))'
   answer = rng.choice(_COUNT_ANSWERS).format(n=n, c=letter, w=word)
@@ -44,7 +59,7 @@ def make_counting(rng: random.Random, split: str) -> Example:
 
 
 def make_spelling(rng: random.Random, split: str) -> Example:
-  (word,) = draw(rng, split, _word, lambda w: w)
+  word = _draw_word(rng, split)
   spelled = "-".join(word)
   code = f'print("-".join("{word}"))'
   return Example([{"role": "user", "content": rng.choice(_SPELL_QUESTIONS).format(w=word)},
