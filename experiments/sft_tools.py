@@ -23,6 +23,7 @@ import time
 import jax
 
 from common import ROOT, config_lib, metrics_lib, pretrain  # common puts the repository on sys.path
+from llm_jax.eval import tasks as task_eval
 from llm_jax.model import lora
 from llm_jax.training import sft
 
@@ -81,13 +82,12 @@ def main():
     workdir = os.path.join(args.workdir, "lora" if c.lora.rank else "full")
     out = _run(c, workdir)
     trainable, total = _trainable(c, args.base)
+    t0 = time.time()  # evaluated again from the checkpoint: a reused run has no summary, and this times it
+    accuracy, transcripts = task_eval.evaluate_workdir(workdir)
     rows[name] = {"trainable": trainable, "total": total, "lr": c.train.lr, "seconds": out["seconds"],
-                  "eval/loss": _last(out["records"], "eval/loss"),
-                  "accuracy": {k[5:]: v for k, v in out["summary"].items()
-                               if k.startswith("eval/") and k.endswith(("tools_on", "tools_off"))}}
-    print(name, json.dumps(rows[name]), flush=True)
-    with open(os.path.join(workdir, "samples.txt"), encoding="utf-8") as f:
-      rows[name]["samples"] = f.read()
+                  "eval_seconds": round(time.time() - t0, 1), "eval/loss": _last(out["records"], "eval/loss"),
+                  "accuracy": accuracy, "samples": "\n".join(transcripts)}
+    print(name, json.dumps({k: v for k, v in rows[name].items() if k != "samples"}), flush=True)
 
   result = {"base_seconds": base["seconds"], "base_bpb": _last(base["records"], "eval/bpb"), "runs": rows}
   with open(os.path.join(HERE, "sft_tools.json"), "w", encoding="utf-8") as f:
@@ -98,21 +98,22 @@ def main():
 
 def _write_markdown(result: dict, path: str):
   runs = result["runs"]
-  tasks = sorted({k.rsplit("/", 1)[0] for r in runs.values() for k in r["accuracy"]})
+  tasks = sorted({k.rsplit("/", 1)[0] for r in runs.values() for k in r["accuracy"] if k.endswith("/tools_on")})
   lines = ["# SFT with tools: tools on vs off, full fine-tuning vs LoRA", "",
-           "`python experiments/sft_tools.py` (configs/tiny.py pretrained, then configs/sft_tiny.py; 100 held-out "
-           "problems per task, greedy decoding). Tools off: nothing runs, the model writes each tool output itself.",
-           "", "| run | trainable params | lr | held-out loss | " + " | ".join(
-               f"{t} on / off" for t in tasks) + " | wall time |",
+           "`python experiments/sft_tools.py`: configs/tiny.py pretrained, then configs/sft_tiny.py; 100 held-out "
+           "problems per task, greedy. Accuracy with tools on / tools off (nothing runs: the model writes each "
+           "tool output itself) / share of problems whose tool call is exactly the reference solution's.",
+           "", "| run | trainable params | lr | held-out loss | " + " | ".join(tasks) + " | train time |",
            "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
   for name, r in runs.items():
     get = lambda key: r["accuracy"].get(key, float("nan"))
-    acc = [f"{get(t + '/tools_on'):.2f} / {get(t + '/tools_off'):.2f}" for t in tasks]
+    acc = [f"{get(t + '/tools_on'):.2f} / {get(t + '/tools_off'):.2f} / {get(t + '/exact_call'):.2f}" for t in tasks]
     secs = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "reused"
     lines.append(f"| {name} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.1f}%) | {r['lr']:g} | "
                  f"{r['eval/loss']:.3f} | " + " | ".join(acc) + f" | {secs} |")
   base_secs = f"{result['base_seconds'] / 60:.1f} min" if result["base_seconds"] else "reused"
-  lines += ["", f"Pretraining (configs/tiny.py): eval/bpb {result['base_bpb']:.3f}, {base_secs}.", ""]
+  lines += ["", f"Pretraining (configs/tiny.py): eval/bpb {result['base_bpb']:.3f}, {base_secs}. Evaluation: "
+            + ", ".join(f"{name} {r['eval_seconds'] / 60:.1f} min" for name, r in runs.items()) + ".", ""]
   for name, r in runs.items():
     lines += [f"## Transcripts: {name}", "", "```", r["samples"].rstrip(), "```", ""]
   with open(path, "w", encoding="utf-8") as f:

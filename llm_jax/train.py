@@ -226,24 +226,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if is_sft:  # conversations, rendered with init_from's tokenizer
     tok = build_tokenizer(workdir, config, [])
-    try:
-      train_examples, train_stats = sft.render_all(sft.conversations(config, "train"), tok, config.data.seq_len)
-      val_examples, val_stats = sft.render_all(sft.conversations(config, "val"), tok, config.data.seq_len)
-    except (ValueError, OSError) as e:  # a bad JSONL file (named with its line) or a tokenizer without chat tokens
-      raise config_lib.ConfigError(f"sft.mixture: {e}") from None
+    train_examples, val_examples = sft.load_data(config, tok, _print)
     order0 = None
-    if not val_examples:
-      val_examples = train_examples[:config.sft.eval_examples]
-      _print("note: sft.mixture holds no held-out conversations (files under 20 conversations are not split); "
-             "eval/loss is measured on training conversations")
-    _print(f"data: {len(train_examples)} training conversations ({train_stats['tokens']:,} tokens, "
-           f"{train_stats['trained_tokens']:,} trained) from sft.mixture={config.sft.mixture!r}, "
-           f"{len(val_examples)} held out; too long for data.seq_len={config.data.seq_len}: "
-           f"{train_stats['skipped'] + val_stats['skipped']} skipped, "
-           f"{train_stats['dropped_messages'] + val_stats['dropped_messages']} early messages dropped")
-    if not train_examples or not val_examples:
-      raise config_lib.ConfigError(f"sft.mixture={config.sft.mixture!r}: no conversation fits data.seq_len="
-                                   f"{config.data.seq_len}")
   else:
     docs = sources.load_documents(config.data.source)
     train_docs, val_docs = sources.split(docs, config.data.val_fraction)

@@ -298,11 +298,19 @@ def test_task_evaluation_scores_with_the_checker(small_tokenizer):
   # The scripted model calls the calculator right and then reports the result for two problems, garbage else.
   scripts = []
   for i, p in enumerate(problems):
-    argument = p.conversation[-1]["content"][0]["input"]
+    argument = p.conversation[-1]["content"][0]["input"] if i < 3 else "1+1"  # the last one calls wrong
     answer = p.answer if i < 2 else "7"
     scripts.append([[m.tool_call[0], *tok.encode(f"calculator\n{argument}"), m.tool_call[1]],
                     tok.encode(f"It is {answer}.") + [m.assistant[1]]])
   engine = ScriptedEngine(scripts)
   results, transcripts = task_eval.evaluate(engine, tok, ["arithmetic"], problems=4)
-  assert results["arithmetic/tools_on"] == 0.5
+  assert results["arithmetic/tools_on"] == 0.5 and results["arithmetic/exact_call"] == 0.75
   assert any("| right" in t for t in transcripts) and any("| wrong" in t for t in transcripts)
+
+
+def test_a_stray_call_end_marker_ends_the_turn_without_a_tool_run(small_tokenizer):
+  tok = small_tokenizer
+  m = chat.Markers.of(tok)
+  engine = ScriptedEngine([[tok.encode("so") + [m.tool_call[1]], tok.encode("never")], [[m.tool_call[1]]]])
+  replies = Assistant(engine, tok).respond([[{"role": "user", "content": "q"}]] * 2, max_new_tokens=32)
+  assert replies == [[{"type": "text", "text": "so"}], []] and engine.forced == []

@@ -43,6 +43,14 @@ class Assistant:
     ids = self.tokenizer.encode(output)[:self.max_output_tokens]
     return [self.markers.tool_output[0], *ids, self.markers.tool_output[1]]
 
+  def _finished_call(self, tokens: list[int]) -> dict | None:
+    """The tool call that `tokens` end with (closed by <|tool_call_end|>), or None; a stray end marker
+    without its start is no call, and the turn ends there."""
+    if not tokens or tokens[-1] != self.markers.tool_call[1]:
+      return None
+    parts = chat.parse_assistant(tokens, self.tokenizer, self.markers)
+    return parts[-1] if parts and parts[-1]["type"] == "tool_call" else None
+
   def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
           seed: int = 0, chunk: int | None = None) -> Iterator[list[list[int]]]:
     """Yields every row's tokens so far (after <|assistant_start|>, forced tool outputs included) after each
@@ -82,9 +90,8 @@ class Assistant:
         if not done.all() and left > 0:  # a chunk ended mid-turn
           yield tokens
           continue
-        pending = {r: chat.parse_assistant(tokens[r], self.tokenizer, m)[-1] for r in rows
-                   if tokens[r] and tokens[r][-1] == m.tool_call[1] and calls[r] < self.max_tool_calls
-                   and written[r] < max_new_tokens}
+        pending = {r: call for r in rows if calls[r] < self.max_tool_calls and written[r] < max_new_tokens
+                   and (call := self._finished_call(tokens[r])) is not None}
         if not pending:
           break
         outputs = dict(zip(pending, pool.map(self._tool_output, pending.values())))

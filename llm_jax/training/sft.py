@@ -22,6 +22,7 @@ import json
 import jax
 
 from llm_jax import sharding, tokenizer as tokenizer_lib
+from llm_jax.config import ConfigError
 from llm_jax.data import chat, tasks
 from llm_jax.model import lora
 from llm_jax.training.state import Setup, TrainState
@@ -68,6 +69,31 @@ def render_all(convs: list[list[dict]], tok, seq_len: int) -> tuple[list[tuple[l
     stats["trained_tokens"] += sum(rendered.mask)
     examples.append((rendered.ids, rendered.mask))
   return examples, stats
+
+
+def load_data(config, tok, log=print) -> tuple[list, list]:
+  """(training, held-out) conversations of sft.mixture rendered as (ids, mask); logs what was made.
+
+  A bad JSONL file (named with its line), a tokenizer without the chat tokens, or nothing that fits
+  data.seq_len raise ConfigError.
+  """
+  seq_len = config.data.seq_len
+  try:
+    train, train_stats = render_all(conversations(config, "train"), tok, seq_len)
+    val, val_stats = render_all(conversations(config, "val"), tok, seq_len)
+  except (ValueError, OSError) as e:
+    raise ConfigError(f"sft.mixture: {e}") from None
+  if not val:
+    val = train[:config.sft.eval_examples]
+    log(f"note: sft.mixture holds no held-out conversations (files under {MIN_HELD_OUT_FILE} conversations "
+        "are not split); eval/loss is measured on training conversations")
+  log(f"data: {len(train)} training conversations ({train_stats['tokens']:,} tokens, "
+      f"{train_stats['trained_tokens']:,} trained) from sft.mixture={config.sft.mixture!r}, {len(val)} held out; "
+      f"too long for data.seq_len={seq_len}: {train_stats['skipped'] + val_stats['skipped']} skipped, "
+      f"{train_stats['dropped_messages'] + val_stats['dropped_messages']} early messages dropped")
+  if not train or not val:
+    raise ConfigError(f"sft.mixture={config.sft.mixture!r}: no conversation fits data.seq_len={seq_len}")
+  return train, val
 
 
 def lora_token_ids(config, tok) -> tuple[int, ...]:
