@@ -7,11 +7,14 @@
 Full fine-tuning of all 5.25M parameters on 20,000 synthetic conversations (identity, multi-digit arithmetic
 with the calculator, follow-up questions, letter counting and spelling with the sandboxed Python tool;
 llm_jax/data/tasks), loss on the assistant's tokens only, AdamW 1e-3, 300 steps of 16 x 256 tokens.
-LoRA instead: --config.lora.rank=8 (see experiments/sft_tools.md for both).
+LoRA instead: --config.lora.rank=8 --config.train.lr=1e-2 (3.0% of the parameters train).
 
 At the end the run solves 100 held-out problems per task with tools on and with tools off (the model then
 writes the tool's output itself) and logs eval/<task>/tools_on|off; samples.txt shows transcripts.
-Measured results: experiments/sft_tools.md.
+Measured (experiments/sft_tools.md): held-out loss 0.364; arithmetic with the calculator 0.83 with tools
+on vs 0.00 off, follow-ups 0.60 vs 0.00; letter counting 0.39 vs 0.01 but never with the right call (the
+model does not copy unseen words into its code yet); LoRA rank 8: 0.87 / 0.52 / 0.35 with tools on.
+13.8 min of training + 1.3 min of evaluation on a 2-core CPU at ~1,550 tokens/s.
 """
 
 from llm_jax.config import base_config

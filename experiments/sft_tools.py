@@ -2,17 +2,19 @@
 arithmetic with the calculator and letter counting with sandboxed Python far better with tools on than off;
 LoRA on under 5% of the parameters gets close to full fine-tuning.
 
-    python experiments/sft_tools.py [--base runs/tiny] [--lora_rank 8] [--lora_lr 3e-3]
+    python experiments/sft_tools.py [--base runs/tiny] [--lora 8:1e-2 --lora 8:1e-2:q+k+v+o+gate+up+down+head]
 
-Pretrains configs/tiny.py into --base unless that run is finished, then fine-tunes it twice with
-configs/sft_tiny.py (same conversations, same order, same steps): (a) full fine-tuning; (b) LoRA of rank
---lora_rank on every projection plus the chat/tool control tokens' embedding rows, at its own learning rate
-(adapters want a larger one). Each run ends by solving the same 100 held-out problems per checked task with
+Pretrains configs/tiny.py into --base unless that run is finished, then fine-tunes it with configs/sft_tiny.py
+(same conversations, same order, same steps): full fine-tuning, and one LoRA run per --lora (rank, learning
+rate, targets; the chat/tool control tokens' embedding rows always train too). Finished runs are reused.
+Each run is then evaluated from its last checkpoint on the same 100 held-out problems per checked task, with
 tools on and with tools off (the model then writes the tool's output itself). Writes
-experiments/sft_tools.{md,json}: accuracy per task and mode, held-out loss on assistant tokens, trainable
-parameters, wall time.
+experiments/sft_tools.{md,json}: accuracy per task and mode, the exact-call rate, held-out loss on assistant
+tokens, trainable parameters, wall time.
 
-CPU budget on 2 idle cores: pretraining ~7 min, each SFT ~7 min plus ~2 min of tool-use evaluation.
+CPU budget: pretraining and each SFT run take ~7 min on the 2 cores pretrain_tiny.md was measured on
+(~14 min on a machine with half its matmul throughput), each evaluation ~1.5 min. Measured 2026-12-02 on the
+slower kind: full SFT 13.8 min alone + 1.4 min of evaluation; results in sft_tools.md.
 """
 
 import argparse
@@ -60,26 +62,33 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--base", default=os.path.join(ROOT, "runs", "tiny"))
   parser.add_argument("--workdir", default="/tmp/llm_jax_experiments/sft_tools")
-  parser.add_argument("--lora_rank", type=int, default=8)
-  parser.add_argument("--lora_lr", type=float, default=3e-3)
+  parser.add_argument("--lora", action="append", default=None, metavar="RANK:LR[:TARGETS]",
+                      help="a LoRA run (repeatable); TARGETS as lora.targets with '+' for ',' "
+                           "(default: configs/sft_tiny.py's); default: --lora 8:1e-2")
   args = parser.parse_args()
 
   base_config = config_lib.load_file(os.path.join(ROOT, "configs", "tiny.py"))
   base_config.train.progress = False
   base = _run(base_config, args.base)
 
-  def sft_config(rank: int):
+  def sft_config(spec: str | None):
     c = config_lib.load_file(os.path.join(ROOT, "configs", "sft_tiny.py"))
     c.init_from, c.train.progress = args.base, False
-    if rank:
-      c.lora.rank, c.train.lr = rank, args.lora_lr
+    if spec:
+      rank, lr, *targets = spec.split(":")
+      c.lora.rank, c.train.lr = int(rank), float(lr)
+      c.lora.targets = targets[0].replace("+", ",") if targets else c.lora.targets
     config_lib.validate(c)
     return c
 
-  variants = {"full fine-tuning": sft_config(0), f"LoRA rank {args.lora_rank}": sft_config(args.lora_rank)}
+  variants = {"full fine-tuning": sft_config(None)}
+  for spec in args.lora or ["8:1e-2"]:
+    c = sft_config(spec)
+    variants[f"LoRA rank {c.lora.rank} on {c.lora.targets}"] = c
   rows = {}
   for name, c in variants.items():
-    workdir = os.path.join(args.workdir, "lora" if c.lora.rank else "full")
+    workdir = os.path.join(args.workdir, f"lora_{c.lora.rank}_{c.train.lr:g}_{c.lora.targets.replace(',', '-')}"
+                           if c.lora.rank else "full")
     out = _run(c, workdir)
     trainable, total = _trainable(c, args.base)
     t0 = time.time()  # evaluated again from the checkpoint: a reused run has no summary, and this times it
