@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import llm_jax
 from llm_jax import config as config_lib
@@ -48,10 +48,15 @@ def fit_history(history: list[dict], tokenizer, budget: int) -> tuple[list[dict]
 
 def main(argv):
   del argv
-  config, params, tok = llm_jax.load(_WORKDIR.value)
-  model = Transformer(config_lib.model_config(config))
-  tools = None if _NO_TOOLS.value else tools_lib.with_timeout(_TOOL_TIMEOUT.value)
-  assistant = Assistant(Engine(model, params), tok, tools)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  try:
+    config, params, tok = llm_jax.load(_WORKDIR.value)
+    model = Transformer(config_lib.model_config(config))
+    tools = None if _NO_TOOLS.value else tools_lib.with_timeout(_TOOL_TIMEOUT.value)
+    assistant = Assistant(Engine(model, params), tok, tools)
+  except (FileNotFoundError, KeyError, ValueError) as e:  # not a workdir, or a tokenizer without chat tokens
+    sys.exit(f"error: --workdir={_WORKDIR.value}: {e}")
   sampling = Sampling(_TEMPERATURE.value, top_p=_TOP_P.value)
   start = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
   history = list(start)
