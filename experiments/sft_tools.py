@@ -7,8 +7,8 @@ LoRA on under 5% of the parameters gets close to full fine-tuning.
 Pretrains configs/tiny.py into --base unless that run is finished, then fine-tunes it with configs/sft_tiny.py
 (same conversations, same order, same steps): full fine-tuning, and one LoRA run per --lora (rank, learning
 rate, targets; the chat/tool control tokens' embedding rows always train too). Finished runs are reused.
-Each run is then evaluated from its last checkpoint on the same 100 held-out problems per checked task, with
-tools on and with tools off (the model then writes the tool's output itself). Writes
+Each run is evaluated (at its end, or again from its last checkpoint when reused) on the same 100 held-out
+problems per checked task, with tools on and with tools off (the model then writes the tool's output itself). Writes
 experiments/sft_tools.{md,json}: accuracy per task and mode, the exact-call rate, held-out loss on assistant
 tokens, trainable parameters, wall time.
 
@@ -91,11 +91,18 @@ def main():
                            if c.lora.rank else "full")
     out = _run(c, workdir)
     trainable, total = _trainable(c, args.base)
-    t0 = time.time()  # evaluated again from the checkpoint: a reused run has no summary, and this times it
-    accuracy, transcripts = task_eval.evaluate_workdir(workdir)
+    accuracy = {k[5:]: v for k, v in out["summary"].items() if k.startswith("eval/") and k.count("/") == 2}
+    if accuracy:  # a fresh run evaluated itself at its end (its time is in the run's); samples.txt holds transcripts
+      eval_seconds = None
+      with open(os.path.join(workdir, "samples.txt"), encoding="utf-8") as f:
+        samples = f.read()
+    else:  # a reused run: evaluated again from its checkpoint
+      t0 = time.time()
+      accuracy, transcripts = task_eval.evaluate_workdir(workdir)
+      eval_seconds, samples = round(time.time() - t0, 1), "\n".join(transcripts)
     rows[name] = {"trainable": trainable, "total": total, "lr": c.train.lr, "seconds": out["seconds"],
-                  "eval_seconds": round(time.time() - t0, 1), "eval/loss": _last(out["records"], "eval/loss"),
-                  "accuracy": accuracy, "samples": "\n".join(transcripts)}
+                  "eval_seconds": eval_seconds, "eval/loss": _last(out["records"], "eval/loss"),
+                  "accuracy": accuracy, "samples": samples}
     print(name, json.dumps({k: v for k, v in rows[name].items() if k != "samples"}), flush=True)
 
   result = {"base_seconds": base["seconds"], "base_bpb": _last(base["records"], "eval/bpb"), "runs": rows}
@@ -121,8 +128,10 @@ def _write_markdown(result: dict, path: str):
     lines.append(f"| {name} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.1f}%) | {r['lr']:g} | "
                  f"{r['eval/loss']:.3f} | " + " | ".join(acc) + f" | {secs} |")
   base_secs = f"{result['base_seconds'] / 60:.1f} min" if result["base_seconds"] else "reused"
+  eval_times = [f"{name} {r['eval_seconds'] / 60:.1f} min" if r["eval_seconds"] is not None
+                else f"{name} in its train time" for name, r in runs.items()]
   lines += ["", f"Pretraining (configs/tiny.py): eval/bpb {result['base_bpb']:.3f}, {base_secs}. Evaluation: "
-            + ", ".join(f"{name} {r['eval_seconds'] / 60:.1f} min" for name, r in runs.items()) + ".", ""]
+            + ", ".join(eval_times) + ".", ""]
   for name, r in runs.items():
     lines += [f"## Transcripts: {name}", "", "```", r["samples"].rstrip(), "```", ""]
   with open(path, "w", encoding="utf-8") as f:

@@ -35,8 +35,6 @@ MIN_HELD_OUT_FILE = 20  # conversation files smaller than this are not split (al
 def conversations(config, split: str) -> list[list[dict]]:
   """The training pool (split "train", sft.examples) or held-out set ("val", sft.eval_examples)."""
   weights = tasks.parse_weights(config.sft.mixture)
-  if not weights:
-    return []
   val_percent = round(100 * config.data.val_fraction)
   files = {}
   for path in [k for k in weights if k not in tasks.TASKS]:
