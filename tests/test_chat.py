@@ -9,6 +9,7 @@ import pytest
 
 from llm_jax.data import chat, pipeline, tasks
 from llm_jax.eval import tasks as task_eval
+from llm_jax.inference import tools
 from llm_jax.inference.assistant import Assistant
 from llm_jax.inference.engine import NO_TOKEN
 
@@ -146,6 +147,23 @@ def test_tasks_are_correct_and_held_out_problems_never_reach_training():
   words = lambda split: {tasks.TASKS["spelling"](rng, split).answer for _ in range(200)}
   assert not words("train") & words("val")
   assert not tasks.TASKS["counting"](rng, "val").check("I think it is 12 or so, maybe 13")  # wrong number
+
+
+@pytest.mark.parametrize("task", ["counting", "spelling"])
+def test_tool_code_quotes_the_word_with_the_questions_tokens(small_tokenizer, task):
+  """The word's tokens, with the token before and after it, are the same in the question and in the code: the
+  model copies it the way an induction head copies (what made held-out words reach the code at all)."""
+  rng = random.Random(0)
+  for _ in range(50):
+    example = tasks.TASKS[task](rng, "val")
+    question, call = example.conversation[0]["content"], example.conversation[1]["content"][0]["input"]
+    word = call.split('"')[1]
+    quoted = small_tokenizer.encode(f' "{word}"')
+    for text in (question, call):
+      ids = small_tokenizer.encode(text)
+      assert any(ids[i:i + len(quoted)] == quoted for i in range(len(ids))), (text, word)
+    assert call.startswith(f'word = "{word}"\n'), call
+    assert tools.run_python(call) == example.conversation[1]["content"][1]["output"]
 
 
 def test_mixture_follows_weights_and_reads_files(tmp_path):

@@ -1,7 +1,10 @@
 """Letter counting and spelling solved with the Python tool ("how many r's are in strawberry?").
 
 A token is a chunk of letters, so a model that sees "strawberry" as two or three tokens cannot count its
-r's by looking; it can write `print("strawberry".count("r"))` and read the answer. Words come from the
+r's by looking; it can write `word = "strawberry"` and `print(word.count("r"))` and read the answer. The
+code quotes the word after ` "` as the question does, so its tokens follow the same tokens in both places and
+copying it is what a pretrained induction head already does (`print("strawberry"...` would put the merged
+token `("` before it and `".` after it: the tiny model then wrote words it had seen in training instead). Words come from the
 built-in corpus (lowercase words of 4-10 letters in pydoc_data.topics) plus a few classics, and in training
 also random letter strings (half of the problems); the held-out split is by the word (tasks.base.in_split),
 so evaluation words, always real ones, were never seen in training.
@@ -52,7 +55,7 @@ def make_counting(rng: random.Random, split: str) -> Example:
   # Letters that occur are asked about 3 times out of 4 (answers of 0 would otherwise dominate).
   letter = rng.choice(word) if rng.random() < 0.75 else rng.choice(string.ascii_lowercase)
   n = str(word.count(letter))
-  code = f'print("{word}".count("{letter}"))'
+  code = f'word = "{word}"\nprint(word.count("{letter}"))'
   answer = rng.choice(_COUNT_ANSWERS).format(n=n, c=letter, w=word)
   return Example([{"role": "user", "content": rng.choice(_COUNT_QUESTIONS).format(c=letter, w=word)},
                   tool_turn("python", code, n + "\n", answer)], n, "counting")
@@ -61,6 +64,6 @@ def make_counting(rng: random.Random, split: str) -> Example:
 def make_spelling(rng: random.Random, split: str) -> Example:
   word = _draw_word(rng, split)
   spelled = "-".join(word)
-  code = f'print("-".join("{word}"))'
+  code = f'word = "{word}"\nprint("-".join(word))'
   return Example([{"role": "user", "content": rng.choice(_SPELL_QUESTIONS).format(w=word)},
                   tool_turn("python", code, spelled + "\n", spelled)], spelled, "spelling", kind="text")
