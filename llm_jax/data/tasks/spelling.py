@@ -2,12 +2,14 @@
 
 A token is a chunk of letters, so a model that sees "strawberry" as two or three tokens cannot count its
 r's by looking; it can write `word = "strawberry"` and `print(word.count("r"))` and read the answer. The
-code quotes the word after ` "` as the question does, so its tokens follow the same tokens in both places and
-copying it is what a pretrained induction head already does (`print("strawberry"...` would put the merged
-token `("` before it and `".` after it: the tiny model then wrote words it had seen in training instead). Words come from the
-built-in corpus (lowercase words of 4-10 letters in pydoc_data.topics) plus a few classics, and in training
-also random letter strings (half of the problems); the held-out split is by the word (tasks.base.in_split),
-so evaluation words, always real ones, were never seen in training.
+code quotes the word after ` "` as the question does, so the word's tokens and the tokens around them are the
+same in both places and copying it is the match-and-copy an induction head does (`print("strawberry"...`
+would put the merged token `("` before it and `".` after it). The tiny SFT model copies the letter this way,
+not yet the word (experiments/sft_tools.md).
+
+Words come from the built-in corpus (lowercase words of 4-10 letters in pydoc_data.topics) plus a few
+classics, and in training also random letter strings (half of the problems); the held-out split is by the
+word (tasks.base.in_split), so evaluation words, always real ones, were never seen in training.
 """
 
 from __future__ import annotations
