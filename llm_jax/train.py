@@ -23,7 +23,9 @@ count (llm_jax/data/pipeline.py), so 2 hosts x 4 devices train exactly like 1 ho
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import sys
@@ -210,12 +212,43 @@ def _print(*args):
     tqdm.write(" ".join(str(a) for a in args))
 
 
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """Holds an exclusive lock on workdir/.lock (process 0 only) so that two runs never write one workdir: a
+  second one stops at once, naming the workdir and the first one's pid. A file system without flock (some
+  network mounts) gets a warning and no lock."""
+  if not _is_main():
+    yield
+    return
+  path = os.path.join(workdir, ".lock")
+  with open(path, "a+", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      raise config_lib.ConfigError(f"{workdir} is in use by another run (pid {holder}); wait for it to finish "
+                                   "or use another --workdir") from None
+    except OSError as e:
+      _print(f"warning: could not lock {path} ({e}); make sure no other run uses this workdir")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    yield  # closing the file releases the lock, also when the run fails
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Pretrains (stage pretrain) or distills into (stage distill) a decoder on config.data; returns the final
-  summary (also printed)."""
+  """Pretrains (stage pretrain), distills into (stage distill) or fine-tunes (stage sft) a decoder; returns
+  the final summary (also printed)."""
   config_lib.validate(config)
   sharding.initialize_distributed(config)  # before anything touches a device
   os.makedirs(workdir, exist_ok=True)
+  with _workdir_lock(workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_resumable(workdir, config)  # every process checks (and fails alike) before process 0 overwrites it
   _barrier("config checked")
   if _is_main():

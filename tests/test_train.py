@@ -1,6 +1,7 @@
 """End-to-end training: CLI overrides, config errors, determinism, resume after SIGKILL, grad accumulation."""
 
 import json
+import fcntl
 import os
 import signal
 import subprocess
@@ -54,6 +55,19 @@ def test_unknown_override_key_names_the_key(tmp_path):
   assert proc.returncode != 0
   assert "train.stepz" in proc.stderr and "train.steps" in proc.stderr  # names it and suggests the fix
   assert "Traceback" not in proc.stderr
+
+
+def test_a_workdir_in_use_by_another_run_is_refused(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  with open(workdir / ".lock", "a+", encoding="utf-8") as held:  # what a running run holds
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("4242")
+    held.flush()
+    proc = run_train(workdir, check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert f"{workdir} is in use by another run (pid 4242)" in proc.stderr
+  assert not (workdir / "config.json").exists() and not (workdir / "metrics.jsonl").exists()
 
 
 def test_bad_value_names_key_and_value(tmp_path):
