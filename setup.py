@@ -35,6 +35,6 @@ setup(
         # brings libtpu (the TPU compiler, ~700 MB) for the ahead-of-time compilation tests (llm_jax/aot.py); its
         # bound matches install_requires, and jax's tpu extra pins libtpu to the jax release that is installed.
         "dev": ["pytest>=8", "pytest-xdist", "matplotlib", "safetensors>=0.4", "tiktoken", "tokenizers",
-                "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7"],
+                "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7", "hypothesis"],
     },
 )

@@ -24,6 +24,7 @@ import sys
 import ml_collections
 from absl import flags as absl_flags
 
+from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.data import tasks
 from llm_jax.model.config import ModelConfig
 
@@ -53,7 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 16  # global batch, in rows of seq_len tokens
 
   c.tokenizer = ml_collections.ConfigDict()
-  c.tokenizer.model_type = "bpe"  # or "unigram"
+  # "bpe" or "unigram" (SentencePiece), or the baselines "byte" (276 ids whatever vocab_size is: the model's
+  # extra rows stay unused) and "char" (bytes + the vocab_size - 276 commonest non-ASCII characters).
+  c.tokenizer.model_type = "bpe"
   c.tokenizer.vocab_size = 4096
   c.tokenizer.train_chars = 3_000_000  # characters of training text sampled to train the tokenizer
 
@@ -163,10 +166,14 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"must be -1 or >= data.seq_len={d.seq_len}")
   _check(m.vocab_size == c.tokenizer.vocab_size, "model.vocab_size", m.vocab_size,
          f"must equal tokenizer.vocab_size={c.tokenizer.vocab_size}")
-  _check(c.tokenizer.model_type in ("bpe", "unigram"), "tokenizer.model_type", c.tokenizer.model_type,
-         "must be 'bpe' or 'unigram'")
-  _check(c.tokenizer.vocab_size >= 300, "tokenizer.vocab_size", c.tokenizer.vocab_size,
-         "must be >= 300 (256 byte-fallback pieces + special tokens + some merges)")
+  _check(c.tokenizer.model_type in tokenizer_lib.MODEL_TYPES, "tokenizer.model_type", c.tokenizer.model_type,
+         f"must be one of {tokenizer_lib.MODEL_TYPES}")
+  if c.tokenizer.model_type in ("byte", "char"):
+    _check(c.tokenizer.vocab_size >= 276, "tokenizer.vocab_size", c.tokenizer.vocab_size,
+           "must be >= 276 for byte/char tokenizers (20 special tokens + 256 bytes)")
+  else:
+    _check(c.tokenizer.vocab_size >= 300, "tokenizer.vocab_size", c.tokenizer.vocab_size,
+           "must be >= 300 (256 byte-fallback pieces + special tokens + some merges)")
   _check(d.seq_len > 0, "data.seq_len", d.seq_len, "must be positive")
   _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
   _check(d.chunk_chars > 0, "data.chunk_chars", d.chunk_chars, "must be positive")
