@@ -61,6 +61,7 @@ def _check_round_trip_and_bytes(tok):
   assert tok.encode_batch(SAMPLES) == [tok.encode(t) for t in SAMPLES]
   assert all(tok.token_bytes()[i] == 0 for i in tok.special.values())
   assert tok.token_bytes().shape == (tok.vocab_size,)
+  assert tok.decode(tok.encode("a\ud800b")) == "a\ufffdb"  # a lone surrogate reads as U+FFFD, as documented
 
 
 @pytest.fixture(scope="module")
