@@ -349,6 +349,8 @@ def train(texts: Iterable[str], directory: str | None = None, *, vocab_size: int
   """
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type={model_type!r}: expected one of {MODEL_TYPES}")
+  if model_type == "byte":
+    texts = []  # nothing to learn
   if isinstance(texts, Sequence):
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
@@ -387,7 +389,8 @@ def _read(path: str) -> bytes:
 
 
 def load(path: str) -> Tokenizer:
-  """Loads a tokenizer directory (tokenizer.json, else tokenizer.model) or file; the format is detected."""
+  """Loads a tokenizer directory (baseline.json, else tokenizer.json, else tokenizer.model) or file; the format
+  is detected."""
   file = path
   if os.path.isdir(path):
     found = [f for f in (BASELINE_FILE, HF_FILE) if os.path.exists(os.path.join(path, f))]
