@@ -84,7 +84,7 @@ def main():
   variants = {"full fine-tuning": sft_config(None)}
   for spec in args.lora or ["8:1e-2"]:
     c = sft_config(spec)
-    variants[f"LoRA rank {c.lora.rank} on {c.lora.targets}"] = c
+    variants[f"LoRA rank {c.lora.rank}, lr {c.train.lr:g}, on {c.lora.targets}"] = c  # one row per --lora
   rows = {}
   for name, c in variants.items():
     workdir = os.path.join(args.workdir, f"lora_{c.lora.rank}_{c.train.lr:g}_{c.lora.targets.replace(',', '-')}"
