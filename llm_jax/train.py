@@ -42,7 +42,7 @@ import llm_jax
 from llm_jax import config as config_lib
 from llm_jax import sharding
 from llm_jax import tokenizer as tokenizer_lib
-from llm_jax.data import pipeline, sources
+from llm_jax.data import pipeline, sources, tasks
 from llm_jax.eval import bpb
 from llm_jax.eval import tasks as task_eval
 from llm_jax.inference import engine as engine_lib
@@ -238,6 +238,24 @@ def _workdir_lock(workdir: str):
     yield  # closing the file releases the lock, also when the run fails
 
 
+def _training_texts(config, train_docs: list[dict]) -> tuple[list[str] | dict[str, list[str]], dict | None]:
+  """The training pieces, per source label when data.mixture weights them (checked here, before any state)."""
+  weights = tasks.parse_weights(config.data.mixture) or None
+  if not weights:
+    return pipeline.pieces(train_docs, config.data.chunk_chars), None
+  texts = pipeline.labelled_pieces(train_docs, config.data.chunk_chars)
+  missing = [k for k in weights if not texts.get(k)]
+  if missing:
+    raise config_lib.ConfigError(f"config.data.mixture={config.data.mixture!r}: {missing} hold no training "
+                                 f"documents; the labels of data.source={config.data.source!r} are {sorted(texts)}")
+  _print("data mixture: " + ", ".join(f"{k} weight {w:g} ({len(texts[k])} pieces)" for k, w in weights.items()))
+  left_out = sorted(set(texts) - set(weights))
+  if left_out:
+    _print(f"note: data.mixture gives no weight to {left_out}: their {sum(len(texts[k]) for k in left_out)} "
+           "pieces are not trained on")
+  return texts, weights
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains (stage pretrain), distills into (stage distill) or fine-tunes (stage sft) a decoder; returns
   the final summary (also printed)."""
@@ -271,6 +289,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tok = build_tokenizer(workdir, config, train_docs)
     _print(f"data: {len(train_docs)} train / {len(val_docs)} validation documents; tokenizer: {tok.vocab_size} "
            f"tokens; validation order-0 byte entropy {order0:.3f} bits/byte (the baseline to beat)")
+    texts, weights = _training_texts(config, train_docs)
   if tok.vocab_size > config.model.vocab_size:
     raise config_lib.ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                                  f"{tok.vocab_size} tokens ({os.path.join(workdir, 'tokenizer')}"
@@ -297,8 +316,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_sft:
     train_ds = pipeline.sft_dataset(train_examples, seed=config.seed, **shape)
   else:
-    train_ds = pipeline.train_dataset(pipeline.pieces(train_docs, config.data.chunk_chars), tok, seed=config.seed,
-                                      **shape)
+    train_ds = pipeline.train_dataset(texts, tok, seed=config.seed, weights=weights, **shape)
   # Timed before the data iterator exists: its prefetch thread tokenizes in the background and would
   # slow the matmul down, inflating every MFU figure derived from it.
   peak_flops = metrics_lib.measure_peak_flops(config.model.dtype)

@@ -47,6 +47,14 @@ def pieces(docs: list[dict], chunk_chars: int) -> list[str]:
   return [p for doc in docs for p in sources.chunk(doc["text"], chunk_chars)]
 
 
+def labelled_pieces(docs: list[dict], chunk_chars: int) -> dict[str, list[str]]:
+  """pieces() per source label, for a weighted mixture."""
+  out: dict[str, list[str]] = {}
+  for doc in docs:
+    out.setdefault(doc["source"], []).extend(sources.chunk(doc["text"], chunk_chars))
+  return out
+
+
 def start_ids(tokenizer) -> list[int]:
   """What every document starts with: bos; tokenizers without one (e.g. GPT-2's) use eos as the separator."""
   start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -134,17 +142,31 @@ class _StackRowsIterator(grain.DatasetIterator):
       it.set_state(state["rows"][str(r)])
 
 
-def train_dataset(texts: list[str], tokenizer, *, seq_len: int, batch_size: int, seed: int,
-                  rows: Sequence[int] | None = None, prefetch: int = 2) -> grain.IterDataset:
+def train_dataset(texts: list[str] | dict[str, list[str]], tokenizer, *, seq_len: int, batch_size: int, seed: int,
+                  rows: Sequence[int] | None = None, prefetch: int = 2,
+                  weights: dict[str, float] | None = None) -> grain.IterDataset:
   """Infinite packed batches of `rows` (default: all) of the `batch_size`-row global batch.
 
   Each element is a dict of [len(rows), seq_len] int32 arrays, row i being global row `rows[i]`.
   `prefetch` batches are built ahead in a background thread (0: on demand, in the caller's thread).
+  With `texts` as {label: pieces} and `weights` {label: weight}, each label's pieces are shuffled and
+  repeated on their own and grain's `MapDataset.mix` interleaves them in proportion to the weights (a label
+  weighted twice as much is read twice as often, however many pieces it has).
   """
   tokenize = _Tokenize(tokenizer)
   tokenized = lambda ds: ds.map(tokenize).filter(lambda x: len(x["inputs"]) > 0)
-  return _row_streams(grain.MapDataset.source(texts), tokenized,
-                      lambda ds: _pack(ds, seq_len), batch_size=batch_size, seed=seed, rows=rows, prefetch=prefetch)
+  if isinstance(texts, dict):
+    labels = list(weights or texts)
+    missing = [k for k in labels if not texts.get(k)]
+    if missing:
+      raise ValueError(f"data.mixture names {missing}, which hold no training documents; the sources' labels are "
+                       f"{sorted(k for k in texts if texts[k])}")
+    parts = [grain.MapDataset.source(texts[k]).shuffle(seed=seed + i).repeat() for i, k in enumerate(labels)]
+    shuffled = grain.MapDataset.mix(parts, [(weights or {}).get(k, 1.0) for k in labels])
+  else:
+    shuffled = grain.MapDataset.source(texts).shuffle(seed=seed).repeat()
+  return _row_streams(shuffled, tokenized, lambda ds: _pack(ds, seq_len), batch_size=batch_size, rows=rows,
+                      prefetch=prefetch)
 
 
 def sft_dataset(examples: list[tuple[list[int], list[int]]], *, seq_len: int, batch_size: int, seed: int,
@@ -161,22 +183,21 @@ def sft_dataset(examples: list[tuple[list[int], list[int]]], *, seq_len: int, ba
     raise ValueError(f"{len(too_long)} examples exceed seq_len + 1 = {seq_len + 1} tokens (first: #{too_long[0]}); "
                      "render them with max_tokens=seq_len + 1")
 
-  return _row_streams(grain.MapDataset.source(examples), lambda ds: ds.map(_split_rendered),
+  return _row_streams(grain.MapDataset.source(examples).shuffle(seed=seed).repeat(), lambda ds: ds.map(_split_rendered),
                       lambda ds: _pack_whole(ds, seq_len, bins), batch_size=batch_size,
-                      seed=seed, rows=rows, prefetch=prefetch, features=SFT_FEATURES)
+                      rows=rows, prefetch=prefetch, features=SFT_FEATURES)
 
 
-def _row_streams(source: grain.MapDataset, encode, pack, *, batch_size: int, seed: int, rows: Sequence[int] | None,
+def _row_streams(shuffled: grain.MapDataset, encode, pack, *, batch_size: int, rows: Sequence[int] | None,
                  prefetch: int, features: tuple[str, ...] = FEATURES) -> grain.IterDataset:
   """The global batch as `batch_size` row streams (module docstring): row r packs shuffled[r::batch_size].
 
-  `encode` maps a MapDataset of source items to one of {"inputs", "targets", ...} arrays; `pack` turns its
-  iterator into rows of `features`.
+  `shuffled` is the endless, shuffled sequence of source items; `encode` maps a MapDataset of them to one of
+  {"inputs", "targets", ...} arrays; `pack` turns its iterator into rows of `features`.
   """
   rows = list(range(batch_size) if rows is None else rows)
   if not rows or any(not 0 <= r < batch_size for r in rows) or len(set(rows)) != len(rows):
     raise ValueError(f"rows must be distinct row numbers in [0, batch_size={batch_size}), got {rows}")
-  shuffled = source.shuffle(seed=seed).repeat()
   sync = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   streams = {r: pack(encode(shuffled[r::batch_size]).to_iter_dataset(sync)) for r in rows}
   ds = _StackRows(streams, batch_size, features)
