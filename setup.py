@@ -30,13 +30,14 @@ setup(
         "cuda": ["jax[cuda12]"],
         # Hugging Face interop: safetensors for weights; tiktoken / tokenizers for Llama-3 and tokenizer.json files;
         # transformers + torch only to check parity against the reference implementations.
-        # Reading .parquet corpora (e.g. FineWeb shards) as data.source.
+        # Reading .parquet corpora (e.g. FineWeb shards) as data.source; data preparation on Ray Data.
         "parquet": ["pyarrow"],
+        "ray": ["ray[data]>=2.40"],
         "hf": ["safetensors>=0.4", "tiktoken", "tokenizers", "transformers>=5,<6", "torch"],
         # The tests include HF logit parity; torch is pinned to the CPU build these machines carry. jax[tpu]
         # brings libtpu (the TPU compiler, ~700 MB) for the ahead-of-time compilation tests (llm_jax/aot.py); its
         # bound matches install_requires, and jax's tpu extra pins libtpu to the jax release that is installed.
         "dev": ["pytest>=8", "pytest-xdist", "matplotlib", "safetensors>=0.4", "tiktoken", "tokenizers",
-                "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7", "hypothesis", "pyarrow"],
+                "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7", "hypothesis", "pyarrow", "ray[data]>=2.40"],
     },
 )

@@ -8,17 +8,17 @@ accents kept). `signature` is the MinHash of the shingle set under `bands * rows
 (default 14 x 8 = 112): the probability that two signatures agree at a position is the Jaccard similarity J
 of the shingle sets. LSH banding cuts the signature into `bands` bands of `rows` values; two documents are
 candidates when some band is identical, with probability 1 - (1 - J^rows)^bands: for 14 x 8, 0.92 at J = 0.8,
-0.99 at J = 0.85, 0.26 at J = 0.6 and 0.05 at J = 0.5 (the curve's midpoint is ~0.72). A candidate pair is
-then kept only when the signatures agree at >= `threshold` of positions (estimated J, default 0.7), which
-removes the LSH false positives below the threshold. Pairs are joined by union-find into clusters, and the
-first document of each cluster (in input order) survives.
+0.99 at J = 0.85, 0.26 at J = 0.6 and 0.05 at J = 0.5 (the curve's midpoint is ~0.72). Within a bucket each
+document is joined to the first earlier document whose signature agrees at >= `threshold` of positions
+(estimated J, default 0.7), which removes the LSH false positives below the threshold; union-find over those
+edges gives the clusters, and the first document of each cluster (in input order) survives.
 
-Implementation, chosen by measured speed (`python -m llm_jax.bench dedup`): vectorised numpy. Words are
-hashed with CRC-32 (deterministic across processes and machines, unlike Python's `hash`), shingle hashes are
-polynomial combinations of word hashes in uint64, and the 112 hash functions are multiply-shift hashes
-(a * x + b) >> 32 with random odd 64-bit a, computed for blocks of shingles at once. On this repository's
-2-core CPU that is ~10x faster than datasketch's MinHash.update_batch (SHA-1 per shingle), with
-statistically equivalent signatures; the bench prints both.
+Implementation: vectorised numpy. Words are hashed with CRC-32 (deterministic across processes and machines,
+unlike Python's `hash`; each distinct word once per document), shingle hashes are polynomial combinations of
+word hashes in uint64, and the hash functions are multiply-shift hashes (a * x + b) >> 32 with random odd
+64-bit a, computed for blocks of shingles at once. `python -m llm_jax.bench dedup` times it against
+datasketch's MinHash.update_batch (SHA-1 per shingle, then the same vectorised permutations) on the same
+shingles: DEDUP_BENCH. We keep numpy: no extra dependency, and LSH clustering and verification are ours either way.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -84,44 +85,62 @@ def jaccard(a: str, b: str, ngram: int = 5) -> float:
   return len(sa & sb) / max(len(sa | sb), 1)
 
 
-class _UnionFind:
-  def __init__(self, n: int):
-    self.parent = list(range(n))
+def band_keys(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
+  """A 64-bit hash of each signature's `band`-th band of `rows` values (collisions are verified away)."""
+  keys = np.zeros(len(signatures), np.uint64)
+  for r in range(band * rows, (band + 1) * rows):  # uint64 arrays wrap around silently
+    keys = keys * _MULT + signatures[:, r].astype(np.uint64)
+  return keys
 
-  def find(self, i: int) -> int:
-    while self.parent[i] != i:
-      self.parent[i] = self.parent[self.parent[i]]
-      i = self.parent[i]
+
+def bucket_edges(ids: Sequence[int], signatures: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+  """The edges one LSH bucket contributes: its members (ids in document order, their signatures) each joined
+  to the first earlier member whose signature agrees on >= threshold of the positions. A function of the
+  bucket alone, so a local run and a distributed one (buckets grouped by a shuffle) find the same edges."""
+  edges = []
+  for k in range(1, len(ids)):
+    agree = (signatures[:k] == signatures[k]).mean(axis=1) >= threshold
+    if agree.any():
+      edges.append((ids[int(np.argmax(agree))], ids[k]))
+  return edges
+
+
+def components(edges: Iterable[tuple[int, int]]) -> dict[int, int]:
+  """Union-find over edges: {id: smallest id of its connected component} for every id on an edge (ids
+  not on an edge are their own component). The smallest id, the earliest document, is the survivor."""
+  parent: dict[int, int] = {}
+
+  def find(i: int) -> int:
+    parent.setdefault(i, i)
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
     return i
 
-  def union(self, i: int, j: int):
-    ri, rj = self.find(i), self.find(j)
-    if ri != rj:  # the earlier document stays the root: it is the cluster's survivor
-      self.parent[max(ri, rj)] = min(ri, rj)
+  for i, j in edges:
+    ri, rj = find(i), find(j)
+    if ri != rj:
+      parent[max(ri, rj)] = min(ri, rj)
+  return {i: find(i) for i in list(parent)}
 
 
 def clusters(signatures: np.ndarray, bands: int = 14, rows: int = 8, threshold: float = 0.7) -> np.ndarray:
-  """Cluster roots for [n, bands * rows] signatures: root[i] == i for a survivor, else the index of the
-  first document of i's cluster. Candidates from LSH banding must agree on >= threshold of the positions."""
+  """Cluster roots for [n, bands * rows] signatures in document order: root[i] == i for a survivor, else the
+  index of the first document of i's cluster (LSH buckets per band -> bucket_edges -> components)."""
   n, num_perm = signatures.shape
   if num_perm != bands * rows:
     raise ValueError(f"signatures have {num_perm} values, bands * rows = {bands} * {rows} = {bands * rows}")
-  uf = _UnionFind(n)
+  edges = []
   for band in range(bands):
-    keys = np.zeros(n, np.uint64)
-    for r in range(band * rows, (band + 1) * rows):  # a 64-bit hash of the band (collisions are verified away)
-      keys = keys * _MULT + signatures[:, r].astype(np.uint64)
-    order = np.argsort(keys, kind="stable")
+    keys = band_keys(signatures, band, rows)
+    order = np.argsort(keys, kind="stable")  # stable: each bucket's members stay in document order
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     for s, e in zip(starts, np.r_[starts[1:], n]):
-      members = order[s:e]  # stable sort: in input order
-      for k in range(1, len(members)):
-        j = members[k]
-        for i in members[:k]:
-          if uf.find(i) == uf.find(j):
-            break
-          if np.mean(signatures[i] == signatures[j]) >= threshold:
-            uf.union(i, j)
-            break
-  return np.array([uf.find(i) for i in range(n)])
+      if e - s > 1:
+        members = order[s:e]
+        edges += bucket_edges(members.tolist(), signatures[members], threshold)
+  roots = np.arange(n)
+  for i, root in components(edges).items():
+    roots[i] = root
+  return roots

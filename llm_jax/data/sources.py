@@ -87,18 +87,25 @@ def synthetic_documents(n: int = 2000, seed: int = 0) -> list[dict]:
   return docs
 
 
-def _files(path: str) -> list[str]:
+def entry_files(path: str) -> list[str]:
+  """The .txt / .jsonl / .parquet files of a data.source path: the file itself, or a directory's (sorted;
+  hidden files and directories are skipped)."""
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
     raise FileNotFoundError(f"data.source: {path!r} does not exist")
-  paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(FILE_TYPES))
+  paths = []
+  for d, dirs, files in os.walk(path):
+    dirs[:] = [x for x in dirs if not x.startswith(".")]  # e.g. prepare's .work/
+    paths += [os.path.join(d, f) for f in files if f.endswith(FILE_TYPES) and not f.startswith(".")]
+  paths.sort()
   if not paths:
     raise ValueError(f"data.source={path!r}: no {', '.join(FILE_TYPES)} files found")
   return paths
 
 
-def _label(path: str) -> str:
+def entry_label(path: str) -> str:
+  """The source label of a path's documents: its name without extension."""
   return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
@@ -121,7 +128,8 @@ def _parquet_rows(path: str, batch_rows: int = 1024) -> Iterator[tuple[str, obje
     raise ValueError(f"{path}: unreadable parquet ({e})") from None
 
 
-def _file_stream(path: str, label: str) -> Iterator[dict | Skipped]:
+def file_stream(path: str, label: str) -> Iterator[dict | Skipped]:
+  """The documents of one file (see `stream`), a Skipped for each unreadable record."""
   if path.endswith(".txt"):
     with open(path, "rb") as f:
       raw = f.read()
@@ -180,9 +188,9 @@ def stream(source: str) -> Iterator[dict | Skipped]:
     elif entry == SYNTHETIC:
       yield from synthetic_documents()
     else:
-      label = _label(entry)
-      for path in _files(entry):
-        yield from _file_stream(path, label)
+      label = entry_label(entry)
+      for path in entry_files(entry):
+        yield from file_stream(path, label)
 
 
 def file_documents(path: str) -> list[dict]:
