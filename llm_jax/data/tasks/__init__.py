@@ -22,7 +22,7 @@ import random
 from typing import Callable, Sequence
 
 from llm_jax.data.tasks import arithmetic, identity, spelling
-from llm_jax.data.tasks.base import Example, in_split
+from llm_jax.data.tasks.base import Example, in_split  # noqa: F401  (re-exported: tasks.in_split)
 
 TASKS: dict[str, Callable[[random.Random, str], Example]] = {
     "identity": identity.make,
