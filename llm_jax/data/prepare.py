@@ -75,6 +75,16 @@ def _nbytes(text: str) -> int:
   return len(text.encode("utf-8", "surrogatepass"))
 
 
+def _peak_rss_mb() -> float:
+  """This process's peak resident memory. Linux's VmHWM belongs to the process image, so a worker started by
+  fork + exec does not inherit its parent's size (getrusage's ru_maxrss does)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      return round(int(next(l for l in f if l.startswith("VmHWM:")).split()[1]) / 1024, 1)
+  except (OSError, StopIteration, ValueError):
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux, bytes on macOS
+
+
 # ----------------------------------------------------------------------------------------------- the plan
 
 
@@ -189,6 +199,7 @@ def clean_shard(index: int, shard: dict, cfg: dict, out_dir: str) -> dict:
       meta["size"].append(_nbytes(text))
       stats["wheres"].append(doc["where"])
       f.write(json.dumps({"i": i, "text": text, "source": doc["source"]}, ensure_ascii=False) + "\n")
+  stats["peak_rss_mb"] = _peak_rss_mb()
   np.savez(_work(out_dir, f"meta-{index:05d}.npz"), i=np.asarray(meta["i"], np.int64),
            key=np.asarray(meta["key"], "S16").reshape(-1), size=np.asarray(meta["size"], np.int64),
            sig=np.stack(meta["sig"]) if meta["sig"] else np.zeros((0, 0), np.uint32))
@@ -338,6 +349,7 @@ def write_shard(index: int, out_dir: str, removed: list) -> dict:
       lines.append(json.dumps({"text": record["text"], "source": record["source"]}, ensure_ascii=False) + "\n")
   if not os.path.exists(path):
     _write_atomic(path, lambda f: f.writelines(lines))
+  stats["peak_rss_mb"] = _peak_rss_mb()
   return stats
 
 
@@ -467,8 +479,9 @@ def _merge(config, out_dir, shards, partials, outputs, dd, runner, workers, t0, 
       "near_dedup": {"clusters": dd["clusters"], "largest_cluster": dd["largest_cluster"]},
       "seconds": round(seconds, 2), "clean_seconds": round(t_clean - t0, 2),
       "mb_per_s": round(total["bytes"] / 1e6 / max(seconds, 1e-9), 3),
-      "peak_rss_mb": {"main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)},
+      "peak_rss_mb": {"main": _peak_rss_mb(),
+                      "largest_worker": max((p.get("peak_rss_mb", 0) for p in list(partials) + list(outputs)),
+                                            default=0)},
       "clean": cfg,
   }
   _write_atomic(os.path.join(out_dir, "stats.json"), lambda f: json.dump(result, f, indent=1, ensure_ascii=False))
