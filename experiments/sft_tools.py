@@ -2,7 +2,7 @@
 arithmetic with the calculator and letter counting with sandboxed Python far better with tools on than off;
 LoRA on under 5% of the parameters gets close to full fine-tuning.
 
-    python experiments/sft_tools.py [--base runs/tiny] [--lora 8:1e-2 --lora 8:1e-2:q+k+v+o+gate+up+down+head]
+    python experiments/sft_tools.py [--base runs/tiny] [--lora 8:1e-2 --lora 12:1e-2 --lora 16:1e-2]
 
 Pretrains configs/tiny.py into --base unless that run is finished, then fine-tunes it with configs/sft_tiny.py
 (same conversations, same order, same steps): full fine-tuning, and one LoRA run per --lora (rank, learning
@@ -12,9 +12,8 @@ problems per checked task, with tools on and with tools off (the model then writ
 experiments/sft_tools.{md,json}: accuracy per task and mode, the exact-call rate, held-out loss on assistant
 tokens, trainable parameters, wall time.
 
-CPU budget: pretraining and each SFT run take ~7 min on the 2 cores pretrain_tiny.md was measured on
-(~14 min on a machine with half its matmul throughput), each evaluation ~1.5 min. Measured 2026-12-02 on the
-slower kind: full SFT 13.8 min alone + 1.4 min of evaluation; results in sft_tools.md.
+CPU budget: pretraining ~7.4 min and each SFT run ~8-10 min including its evaluation on this 2-core machine
+(measured alone 2026-12-02: pretraining 443.8 s, full SFT 620.6 s); results in sft_tools.md.
 """
 
 import argparse
