@@ -47,6 +47,7 @@ report; a missing path or an unreadable parquet file stops the run with an error
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import itertools
 import json
@@ -356,13 +357,10 @@ def write_shard(index: int, out_dir: str, removed: list) -> dict:
 # ------------------------------------------------------------------------------------------------ runners
 
 
-def _pool_map(fn, items: list, workers: int, desc: str, progress: bool) -> list:
-  if workers <= 1 or len(items) <= 1:
-    return [fn(*item) for item in tqdm(items, desc=desc, disable=not progress, file=sys.stderr)]
-  ctx = multiprocessing.get_context("spawn")  # the caller may have started JAX's threads: no fork
-  with ctx.Pool(min(workers, len(items))) as pool:
-    return list(tqdm(pool.imap(_star, [(fn, item) for item in items]), total=len(items), desc=desc,
-                     disable=not progress, file=sys.stderr))
+def _pool_map(pool, fn, items: list, desc: str, progress: bool) -> list:
+  """fn(*item) for each item, on the pool's processes (in this one without a pool), in order."""
+  jobs = pool.imap(_star, [(fn, item) for item in items]) if pool else (fn(*item) for item in items)
+  return list(tqdm(jobs, total=len(items), desc=desc, disable=not progress, file=sys.stderr))
 
 
 def _star(job):
@@ -401,6 +399,11 @@ def run(config, out_dir: str, *, runner: str = "local", workers: int | None = No
     os.makedirs(os.path.join(out_dir, ".work"))
     _write_atomic(fp_path, lambda f: f.write(fingerprint))
   workers = workers or os.cpu_count() or 1
+  with contextlib.ExitStack() as stack:
+    return _run(config, out_dir, shards, cfg, runner, workers, ray_address, progress, log, t0, stack)
+
+
+def _run(config, out_dir, shards, cfg, runner, workers, ray_address, progress, log, t0, stack) -> dict:
   if runner == "ray":
     import ray  # pylint: disable=import-outside-toplevel
     if not ray.is_initialized():
@@ -410,7 +413,11 @@ def run(config, out_dir: str, *, runner: str = "local", workers: int | None = No
     ray.data.DataContext.get_current().enable_progress_bars = progress
     mapper = lambda fn, items, desc: _ray_map(fn, items, desc)
   else:
-    mapper = lambda fn, items, desc: _pool_map(fn, items, workers, desc, progress)
+    pool = None
+    if workers > 1 and len(shards) > 1:  # one pool for both stages: a spawned process takes ~1 s to start
+      ctx = multiprocessing.get_context("spawn")  # the caller may have started JAX's threads: no fork
+      pool = stack.enter_context(ctx.Pool(min(workers, len(shards))))
+    mapper = lambda fn, items, desc: _pool_map(pool, fn, items, desc, progress)
 
   partials = mapper(clean_shard, [(n, s, cfg, out_dir) for n, s in enumerate(shards)], "clean")
   t_clean = time.time()
