@@ -18,7 +18,9 @@ unlike Python's `hash`; each distinct word once per document), shingle hashes ar
 word hashes in uint64, and the hash functions are multiply-shift hashes (a * x + b) >> 32 with random odd
 64-bit a, computed for blocks of shingles at once. `python -m llm_jax.bench dedup` times it against
 datasketch's MinHash.update_batch (SHA-1 per shingle, then the same vectorised permutations) on the same
-shingles: DEDUP_BENCH. We keep numpy: no extra dependency, and LSH clustering and verification are ours either way.
+shingles: on 4 MB of stdlib code on this repository's 2-core CPU, 9.0 MB/s against 5.1 MB/s (1.8x), with the same
+Jaccard error (0.033 vs 0.036 mean absolute, 112 hashes). So numpy it is: faster, no extra dependency, and the LSH
+banding, verification and clustering are ours either way.
 """
 
 from __future__ import annotations

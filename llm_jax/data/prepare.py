@@ -37,7 +37,12 @@ Runners (`--runner`):
   inference and data jobs; Beam's portable runners need a Flink/Spark/Dataflow deployment, and its direct
   runner is a test harness. Install weight: `ray[data]` adds ray (79 MB wheel) and pandas to this project's
   dependencies with no version changes; apache-beam (20 MB wheel) would downgrade protobuf (7 -> 6) and
-  pyarrow and add 14 packages. Measured throughput of both runners on this machine: experiments/data_quality.md.
+  pyarrow and add 14 packages. Measured on this 2-core machine (experiments/prepare_runners.md, 23.1 MB in 8 shards,
+  2 workers each, engine start included): local 2.8 s, Ray 24.3 s, Beam's multi-processing DirectRunner 11.9 s,
+  all three with the same surviving documents. Beam's direct runner was faster than Ray here (on a corpus this
+  small, Ray's start-up, hash shuffles and task scheduling dominate), but it is not what Beam runs in production
+  and it cannot share this project's environment unchanged; on one machine the local runner is the one to use,
+  and either engine only pays off past one machine's cores, memory and disk.
 
 Unreadable records (invalid UTF-8, malformed JSON lines, records without a string "text", documents over
 clean.max_doc_bytes) are skipped and counted by reason, with their file and line in stats.json and the
@@ -208,12 +213,12 @@ def clean_shard(index: int, shard: dict, cfg: dict, out_dir: str) -> dict:
   return stats
 
 
-def _doc_id(shard: int, i: int) -> int:
+def global_id(shard: int, i: int) -> int:
   """A document's global id: ordered like the input (shard, then position in the shard)."""
   return (shard << 32) | i
 
 
-def _load_meta(out_dir: str, index: int) -> dict:
+def load_meta(out_dir: str, index: int) -> dict:
   with np.load(_work(out_dir, f"meta-{index:05d}.npz")) as z:
     return {k: z[k] for k in z.files}
 
@@ -234,8 +239,8 @@ def _exact_removed(ids: np.ndarray, keys: np.ndarray) -> dict[int, int]:
 
 def dedup_local(out_dir: str, n_shards: int, cfg: dict) -> dict:
   """Stage 2 in this process: {removed id: (reason, id of the document kept, cluster size)}."""
-  metas = [_load_meta(out_dir, n) for n in range(n_shards)]
-  ids = np.concatenate([_doc_id(n, 0) + m["i"] for n, m in enumerate(metas)]) if metas else np.zeros(0, np.int64)
+  metas = [load_meta(out_dir, n) for n in range(n_shards)]
+  ids = np.concatenate([global_id(n, 0) + m["i"] for n, m in enumerate(metas)]) if metas else np.zeros(0, np.int64)
   keys = np.concatenate([m["key"] for m in metas]) if metas else np.zeros(0, "S16")
   removed = {}
   if cfg["exact_dedup"]:
@@ -257,9 +262,9 @@ def _dedup_counters(out_dir: str, n_shards: int, cfg: dict, removed: dict) -> di
   stats = _new_stats()
   cluster_sizes = {}
   for n in range(n_shards):
-    m = _load_meta(out_dir, n)
+    m = load_meta(out_dir, n)
     for i, size in zip(m["i"].tolist(), m["size"].tolist()):
-      why = removed.get(_doc_id(n, i))
+      why = removed.get(global_id(n, i))
       if cfg["exact_dedup"]:
         _count_rule(stats, "exact_dedup", size, None if why and why[0] == "exact_duplicate" else size)
       if cfg["near_dedup"] and not (why and why[0] == "exact_duplicate"):
@@ -279,8 +284,8 @@ def dedup_ray(out_dir: str, n_shards: int, cfg: dict) -> dict:
   partitions = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))  # Ray's default, 200, suits big clusters
 
   def exact_rows(row):
-    m = _load_meta(out_dir, row["shard"])
-    return [{"id": _doc_id(row["shard"], i), "key": k.hex()} for i, k in zip(m["i"].tolist(), m["key"].tolist())]
+    m = load_meta(out_dir, row["shard"])
+    return [{"id": global_id(row["shard"], i), "key": k.hex()} for i, k in zip(m["i"].tolist(), m["key"].tolist())]
 
   def exact_group(batch):
     order = np.argsort(batch["id"])
@@ -296,8 +301,8 @@ def dedup_ray(out_dir: str, n_shards: int, cfg: dict) -> dict:
     exact = {k for k in removed}
 
     def band_rows(row):
-      m = _load_meta(out_dir, row["shard"])
-      ids = np.array([_doc_id(row["shard"], i) for i in m["i"].tolist()], np.int64)
+      m = load_meta(out_dir, row["shard"])
+      ids = np.array([global_id(row["shard"], i) for i in m["i"].tolist()], np.int64)
       keep = np.array([d not in exact for d in ids.tolist()], bool)
       ids, sigs = ids[keep], m["sig"][keep] if len(m["sig"]) else m["sig"]
       out = []
@@ -429,8 +434,8 @@ def _run(config, out_dir, shards, cfg, runner, workers, ray_address, progress, l
     removed = dedup_ray(out_dir, len(shards), cfg) if runner == "ray" else dedup_local(out_dir, len(shards), cfg)
     _write_atomic(dedup_path, lambda f: json.dump({str(k): v for k, v in removed.items()}, f))
   kept = {v[1] for v in removed.values()}  # the report names where each removed document's survivor is
-  wheres = {_doc_id(n, i): w for n, p in enumerate(partials)
-            for i, w in zip(_load_meta(out_dir, n)["i"].tolist(), p["wheres"]) if _doc_id(n, i) in kept}
+  wheres = {global_id(n, i): w for n, p in enumerate(partials)
+            for i, w in zip(load_meta(out_dir, n)["i"].tolist(), p["wheres"]) if global_id(n, i) in kept}
   per_shard = [[] for _ in shards]
   for doc_id, (reason, kept, size) in removed.items():
     per_shard[doc_id >> 32].append([doc_id & 0xFFFFFFFF, reason, wheres.get(kept, str(kept)), size])
