@@ -63,20 +63,23 @@ def run(config, workdir: str, tokenizer_dir: str) -> dict:
   return {"records": metrics_lib.read(workdir), "seconds": time.time() - t0}
 
 
-def eval_bpb_at_length(config, workdir: str, seq_len: int, tokens: int = 32768) -> float:
-  """Held-out bits per byte of a trained workdir on the first `tokens` validation tokens, packed in rows of
-  `seq_len` (e.g. 2x the train length). Any seq_len scores the same tokens; only the context differs."""
+def eval_bpb_at_length(config, workdir: str, seq_len: int, tokens: int = 32768, val_docs: list[dict] | None = None,
+                       step: int | None = None) -> float:
+  """Held-out bits per byte of a trained workdir (its latest or a given checkpoint) on the first `tokens`
+  validation tokens, packed in rows of `seq_len` (e.g. 2x the train length). Any seq_len scores the same
+  tokens; only the context differs. `val_docs` replaces data.source's validation split."""
   tok = tokenizer_lib.load(os.path.join(workdir, "tokenizer"))
-  _, val_docs = sources.split(sources.load_documents(config.data.source), config.data.val_fraction)
+  if val_docs is None:
+    _, val_docs = sources.split(sources.load_documents(config.data.source), config.data.val_fraction)
   rows = config.data.batch_size
   data = pipeline.eval_batches(pipeline.pieces(val_docs, config.data.chunk_chars), tok, seq_len=seq_len,
                                batch_size=rows, num_batches=tokens // (rows * seq_len))
   mesh = sharding.make_mesh(config.mesh)
   setup = state_lib.build(config, mesh)
-  params = restore_params(workdir, setup.abstract_state.params)
-  step = make_eval_step(setup.model, jax.numpy.asarray(tok.token_bytes()), params_sharding=setup.params_sharding,
-                        batch_sharding=sharding.batch_sharding(mesh))
-  return evaluate_bpb(step, params, data, mesh)["eval/bpb"]
+  params = restore_params(workdir, setup.abstract_state.params, step)
+  eval_step = make_eval_step(setup.model, jax.numpy.asarray(tok.token_bytes()), params_sharding=setup.params_sharding,
+                             batch_sharding=sharding.batch_sharding(mesh))
+  return evaluate_bpb(eval_step, params, data, mesh)["eval/bpb"]
 
 
 def write_table(path: str, title: str, header: list[str], rows: list[list], notes: list[str]):
