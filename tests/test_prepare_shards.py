@@ -52,10 +52,10 @@ def _shards(out) -> list[str]:
   return [(out / f"shard-{n:05d}.jsonl").read_text(encoding="utf-8") for n in range(N_SHARDS)]
 
 
-def _kill_halfway(corpus, out, done_before_kill: int = 4) -> dict:
-  """Starts the CLI (local runner, 1 worker, 1.5 s per shard), SIGKILLs it once `done_before_kill` shards are
+def _kill_halfway(corpus, out, done_before_kill: int = 3) -> dict:
+  """Starts the CLI (local runner, 1 worker, 1 s per shard), SIGKILLs it once `done_before_kill` shards are
   cleaned; returns {done work file: mtime}."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", prepare._DELAY_ENV: "1.5"}  # pylint: disable=protected-access
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", prepare._DELAY_ENV: "1.0"}  # pylint: disable=protected-access
   proc = subprocess.Popen([sys.executable, "-m", "llm_jax.data.prepare", f"--config={ROOT}/configs/tiny.py",
                            f"--config.data.source={corpus['root']}", f"--out={out}", "--workers=1"],
                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
