@@ -59,7 +59,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
 
 # Sections that must match between a workdir's saved config and the current one to resume.
-_RESUME_MUST_MATCH = ("stage", "model", "tokenizer", "data.source", "data.chunk_chars", "data.val_fraction", "seed")
+_RESUME_MUST_MATCH = ("stage", "model", "tokenizer", "data.source", "data.mixture", "data.chunk_chars",
+                      "data.val_fraction", "seed")
+_ADDED_SINCE = {"data.mixture": ""}  # keys newer than some workdirs: their value there was this default
 
 
 def _lookup(tree: dict, dotted: str):
@@ -80,6 +82,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   stage_keys = {"distill": ("distill.teacher",), "sft": ("init_from", "sft.mixture", "sft.examples", "lora")}
   for key in _RESUME_MUST_MATCH + stage_keys.get(config.stage, ()):
     was, now = _lookup(saved, key), _lookup(current, key)
+    if was == "<missing>" and key in _ADDED_SINCE:
+      was = _ADDED_SINCE[key]
     if key == "model" and isinstance(was, dict):  # fields added since that run had their default there
       was = {**dataclasses.asdict(ModelConfig()), **was}
     if isinstance(was, dict) and isinstance(now, dict):

@@ -247,3 +247,14 @@ def test_training_reads_prepared_shards_with_a_mixture(tmp_path):
   config.data.mixture = "docs:1,web:1"  # a label no document has: named before any training state is built
   with pytest.raises(config_lib.ConfigError, match="'web'.*labels of data.source"):
     train._training_texts(config, sources.load_documents(str(tmp_path / "data")))  # pylint: disable=protected-access
+
+
+def test_resuming_with_another_mixture_is_refused(tmp_path):
+  config = config_lib.base_config()
+  saved = json.loads(config_lib.to_json(config))
+  del saved["data"]["mixture"]  # a workdir from before data.mixture existed: it trained without one
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  train.check_resumable(str(tmp_path), config)
+  config.data.mixture = "docs:1,code:1"
+  with pytest.raises(config_lib.ConfigError, match="data.mixture"):
+    train.check_resumable(str(tmp_path), config)
