@@ -248,10 +248,11 @@ def _training_texts(config, train_docs: list[dict]) -> tuple[list[str] | dict[st
   if not weights:
     return pipeline.pieces(train_docs, config.data.chunk_chars), None
   texts = pipeline.labelled_pieces(train_docs, config.data.chunk_chars)
-  missing = [k for k in weights if not texts.get(k)]
-  if missing:
-    raise config_lib.ConfigError(f"config.data.mixture={config.data.mixture!r}: {missing} hold no training "
-                                 f"documents; the labels of data.source={config.data.source!r} are {sorted(texts)}")
+  try:
+    pipeline.check_mixture(texts, weights)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.data.mixture={config.data.mixture!r} (data.source="
+                                 f"{config.data.source!r}): {e}") from None
   _print("data mixture: " + ", ".join(f"{k} weight {w:g} ({len(texts[k])} pieces)" for k, w in weights.items()))
   left_out = sorted(set(texts) - set(weights))
   if left_out:

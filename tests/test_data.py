@@ -42,7 +42,7 @@ def test_chunk_is_lossless_and_bounded(max_chars):
 def test_file_source_reports_bad_jsonl_line(tmp_path):
   (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
   with pytest.raises(ValueError, match=r"a\.jsonl:2"):
-    sources.file_documents(str(tmp_path))
+    sources.load_documents(str(tmp_path))
 
 
 def test_tokenizer_round_trip_and_special_tokens(small_tokenizer):

@@ -65,10 +65,9 @@ _WORDS = re.compile(r"\S+")
 Result = tuple["str | None", str]
 
 
-def normalize(text: str, cfg: Mapping | None = None, code: bool = False) -> Result:
+def normalize(text: str, code: bool = False) -> Result:
   """NFC, no control or zero-width characters, LF line ends, plain spaces, no trailing spaces, no runs of
   blank lines, one newline at the end. Returns ("", ...) for a text that normalizes to nothing."""
-  del cfg
   text = text.replace("\r\n", "\n").replace("\r", "\n")
   # NFC last: a removal can leave a base letter next to a combining mark that NFC composes
   text = unicodedata.normalize("NFC", _CONTROL.sub("", text.translate(_ZERO_WIDTH)))

@@ -55,6 +55,14 @@ def labelled_pieces(docs: list[dict], chunk_chars: int) -> dict[str, list[str]]:
   return out
 
 
+def check_mixture(texts: dict[str, list[str]], weights: dict[str, float]):
+  """ValueError naming the labels that `weights` gives a weight to but that hold no training pieces."""
+  missing = [k for k in weights if not texts.get(k)]
+  if missing:
+    raise ValueError(f"data.mixture names {missing}, which hold no training documents; the labels of "
+                     f"data.source are {sorted(k for k in texts if texts[k])}")
+
+
 def start_ids(tokenizer) -> list[int]:
   """What every document starts with: bos; tokenizers without one (e.g. GPT-2's) use eos as the separator."""
   start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -156,13 +164,11 @@ def train_dataset(texts: list[str] | dict[str, list[str]], tokenizer, *, seq_len
   tokenize = _Tokenize(tokenizer)
   tokenized = lambda ds: ds.map(tokenize).filter(lambda x: len(x["inputs"]) > 0)
   if isinstance(texts, dict):
-    labels = list(weights or texts)
-    missing = [k for k in labels if not texts.get(k)]
-    if missing:
-      raise ValueError(f"data.mixture names {missing}, which hold no training documents; the sources' labels are "
-                       f"{sorted(k for k in texts if texts[k])}")
+    weights = weights or dict.fromkeys(texts, 1.0)
+    check_mixture(texts, weights)
+    labels = list(weights)
     parts = [grain.MapDataset.source(texts[k]).shuffle(seed=seed + i).repeat() for i, k in enumerate(labels)]
-    shuffled = grain.MapDataset.mix(parts, [(weights or {}).get(k, 1.0) for k in labels])
+    shuffled = grain.MapDataset.mix(parts, [weights[k] for k in labels])
   else:
     shuffled = grain.MapDataset.source(texts).shuffle(seed=seed).repeat()
   return _row_streams(shuffled, tokenized, lambda ds: _pack(ds, seq_len), batch_size=batch_size, rows=rows,

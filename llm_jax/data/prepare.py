@@ -137,13 +137,13 @@ def _new_stats() -> dict:
   return {"documents": 0, "bytes": 0, "rules": {}, "reasons": {}, "skipped": {}, "sources": {}}
 
 
-def _count_rule(stats: dict, rule: str, bytes_in: int, bytes_out: int | None, n: int = 1):
+def _count_rule(stats: dict, rule: str, bytes_in: int, bytes_out: int | None):
   r = stats["rules"].setdefault(rule, dict.fromkeys(
       ("documents_in", "bytes_in", "documents_out", "bytes_out", "documents_changed"), 0))
-  r["documents_in"] += n
+  r["documents_in"] += 1
   r["bytes_in"] += bytes_in
   if bytes_out is not None:
-    r["documents_out"] += n
+    r["documents_out"] += 1
     r["bytes_out"] += bytes_out
     r["documents_changed"] += bytes_out != bytes_in
 
@@ -257,13 +257,16 @@ def dedup_local(out_dir: str, n_shards: int, cfg: dict) -> dict:
   return removed
 
 
-def _dedup_counters(out_dir: str, n_shards: int, cfg: dict, removed: dict) -> dict:
-  """exact_dedup / near_dedup rule counters and cluster statistics, from the removed set and the sizes."""
+def _dedup_counters(out_dir: str, partials: list[dict], cfg: dict, removed: dict) -> dict:
+  """exact_dedup / near_dedup rule counters, cluster statistics, and where each survivor that a removed
+  document duplicates came from (for the report), in one pass over the shards' sizes."""
   stats = _new_stats()
-  cluster_sizes = {}
-  for n in range(n_shards):
+  cluster_sizes, kept, wheres = {}, {v[1] for v in removed.values()}, {}
+  for n, part in enumerate(partials):
     m = load_meta(out_dir, n)
-    for i, size in zip(m["i"].tolist(), m["size"].tolist()):
+    for i, size, where in zip(m["i"].tolist(), m["size"].tolist(), part["wheres"]):
+      if global_id(n, i) in kept:
+        wheres[global_id(n, i)] = where
       why = removed.get(global_id(n, i))
       if cfg["exact_dedup"]:
         _count_rule(stats, "exact_dedup", size, None if why and why[0] == "exact_duplicate" else size)
@@ -272,7 +275,7 @@ def _dedup_counters(out_dir: str, n_shards: int, cfg: dict, removed: dict) -> di
       if why and why[0] == "near_duplicate":
         cluster_sizes[why[1]] = why[2]
   return {"rules": stats["rules"], "clusters": len(cluster_sizes),
-          "largest_cluster": max(cluster_sizes.values(), default=1)}
+          "largest_cluster": max(cluster_sizes.values(), default=1), "wheres": wheres}
 
 
 def dedup_ray(out_dir: str, n_shards: int, cfg: dict) -> dict:
@@ -298,7 +301,7 @@ def dedup_ray(out_dir: str, n_shards: int, cfg: dict) -> dict:
            .map_groups(exact_group, batch_format="numpy").take_all())
     removed = {int(r["id"]): ("exact_duplicate", int(r["first"]), 0) for r in out}
   if cfg["near_dedup"]:
-    exact = {k for k in removed}
+    exact = set(removed)
 
     def band_rows(row):
       m = load_meta(out_dir, row["shard"])
@@ -433,15 +436,12 @@ def _run(config, out_dir, shards, cfg, runner, workers, ray_address, progress, l
   else:
     removed = dedup_ray(out_dir, len(shards), cfg) if runner == "ray" else dedup_local(out_dir, len(shards), cfg)
     _write_atomic(dedup_path, lambda f: json.dump({str(k): v for k, v in removed.items()}, f))
-  kept = {v[1] for v in removed.values()}  # the report names where each removed document's survivor is
-  wheres = {global_id(n, i): w for n, p in enumerate(partials)
-            for i, w in zip(load_meta(out_dir, n)["i"].tolist(), p["wheres"]) if global_id(n, i) in kept}
+  counters = _dedup_counters(out_dir, partials, cfg, removed)
   per_shard = [[] for _ in shards]
-  for doc_id, (reason, kept, size) in removed.items():
-    per_shard[doc_id >> 32].append([doc_id & 0xFFFFFFFF, reason, wheres.get(kept, str(kept)), size])
+  for doc_id, (reason, kept, size) in removed.items():  # the report names where each survivor came from
+    per_shard[doc_id >> 32].append([doc_id & 0xFFFFFFFF, reason, counters["wheres"].get(kept, str(kept)), size])
   outputs = mapper(write_shard, [(n, out_dir, per_shard[n]) for n in range(len(shards))], "write")
-  result = _merge(config, out_dir, shards, partials, outputs, _dedup_counters(out_dir, len(shards), cfg, removed),
-                  runner, workers, t0, t_clean, cfg)
+  result = _merge(config, out_dir, shards, partials, outputs, counters, runner, workers, t0, t_clean, cfg)
   log(f"{result['input']['documents']:,} documents ({result['input']['bytes'] / 1e6:.1f} MB) -> "
       f"{result['output']['documents']:,} ({result['output']['bytes'] / 1e6:.1f} MB) in "
       f"{len(result['output']['shards'])} shards, {result['seconds']:.1f} s ({result['mb_per_s']} MB/s, {runner} "

@@ -42,15 +42,9 @@ def stdlib_documents() -> list[dict]:
 def jsonl_records(path: str, error: type[Exception] = ValueError) -> Iterator[tuple[str, object]]:
   """("path:line", parsed JSON) for each non-blank line of a JSONL file; a line that is not UTF-8 or not JSON
   raises `error` naming the file, line and column."""
-  for where, line in _lines_or_skips(path):
-    if isinstance(line, Skipped):
-      raise error(str(line))
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise error(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+  for where, record in _jsonl(path):
+    if isinstance(record, Skipped):
+      raise error(str(record))
     yield where, record
 
 
@@ -143,16 +137,9 @@ def file_stream(path: str, label: str) -> Iterator[dict | Skipped]:
       yield ({"text": value, "source": label, "where": where} if isinstance(value, str)
              else Skipped("no_text", f"{where}: 'text' is {value!r}, not a string"))
     return
-  for where, line in _lines_or_skips(path):
-    if isinstance(line, Skipped):
-      yield line
-      continue
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      yield Skipped("malformed_json", f"{where}: not JSON ({e.msg} at column {e.colno})")
+  for where, record in _jsonl(path):
+    if isinstance(record, Skipped):
+      yield record
       continue
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
       yield Skipped("no_text", f"{where}: expected a JSON object with a string 'text' field")
@@ -161,15 +148,23 @@ def file_stream(path: str, label: str) -> Iterator[dict | Skipped]:
     yield {"text": record["text"], "source": source if isinstance(source, str) and source else label, "where": where}
 
 
-def _lines_or_skips(path: str) -> Iterator[tuple[str, str | Skipped]]:
+def _jsonl(path: str) -> Iterator[tuple[str, object]]:
+  """("path:line", parsed JSON, or a Skipped naming why the line is not UTF-8 JSON) per non-blank line."""
   with open(path, "rb") as f:
     for line_no, raw in enumerate(f, 1):
       where = f"{path}:{line_no}"
       try:
-        yield where, raw.decode("utf-8")
+        line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
         yield where, Skipped("invalid_utf8", f"{where}: not UTF-8 (byte {e.start + 1} of the line: "
                                              f"{raw[e.start:e.start + 1]!r})")
+        continue
+      if not line.strip():
+        continue
+      try:
+        yield where, json.loads(line)
+      except json.JSONDecodeError as e:
+        yield where, Skipped("malformed_json", f"{where}: not JSON ({e.msg} at column {e.colno})")
 
 
 def stream(source: str) -> Iterator[dict | Skipped]:
@@ -191,11 +186,6 @@ def stream(source: str) -> Iterator[dict | Skipped]:
       label = entry_label(entry)
       for path in entry_files(entry):
         yield from file_stream(path, label)
-
-
-def file_documents(path: str) -> list[dict]:
-  """Documents from a .txt / .jsonl / .parquet file or a directory of them; unreadable records raise."""
-  return load_documents(path)
 
 
 def load_documents(source: str) -> list[dict]:
