@@ -28,7 +28,7 @@ from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.data import clean, sources, tasks
 from llm_jax.model.config import ModelConfig
 
-STAGES = ("pretrain", "distill", "sft")  # later stages (reward, dpo, ppo, grpo) add themselves here
+STAGES = ("pretrain", "distill", "sft", "grpo")  # later stages (reward, dpo, ppo) add themselves here
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -187,6 +187,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora.targets = "q,k,v,o,gate,up,down"
   c.lora.special_tokens = True
 
+  # Reasoning RL with verifiable rewards (stage="grpo", llm_jax/rl/grpo.py, which explains each switch):
+  # GRPO by default; Dr.GRPO and DAPO are settings of these switches (grpo.VARIANTS). Starts from
+  # config.init_from (a fine-tuned workdir); tool calls run with sft.tool_timeout and sft.max_tool_calls.
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.tasks = "arithmetic"  # "task:weight,..." of llm_jax/data/tasks with exact checkers (the rewards)
+  c.grpo.prompts = 8  # problems per step
+  c.grpo.group = 8  # answers sampled per problem (G)
+  c.grpo.temperature = 1.0  # of rollouts and of the pass@k samples
+  c.grpo.max_new_tokens = 48  # tokens the model writes per answer (tool outputs not counted)
+  c.grpo.minibatches = 2  # optimizer steps per batch of rollouts; after the first, clipping acts
+  c.grpo.std_normalize = True  # A = (r - mean) / std per group; False: r - mean (Dr.GRPO)
+  c.grpo.loss_agg = "token"  # "token" | "sequence" (original GRPO) | "constant" (Dr.GRPO)
+  c.grpo.clip_low = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]; DAPO's clip-higher raises clip_high
+  c.grpo.clip_high = 0.2
+  c.grpo.beta = 0.04  # weight of the k3 KL to the starting model; 0 allowed (KL is still logged)
+  c.grpo.format_reward = 0.1  # added when the turn ends with <|assistant_end|> within max_new_tokens
+  c.grpo.dynamic_sampling = False  # DAPO: train only on groups whose answers are not all right or all wrong
+  c.grpo.dynamic_rounds = 3  # batches of prompts drawn at most per step to find grpo.prompts such groups
+  c.grpo.overlong_buffer = 0  # DAPO: reward falls linearly to -1 over the last this many tokens; 0: off
+  c.grpo.eval_problems = 100  # held-out problems per task at each evaluation
+  c.grpo.eval_samples = 8  # answers per problem for pass@k (k = 1, 2, 4, ... <= this)
+
   c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ("def ", "import os\n", "The ", "class ")
   c.sample.max_new_tokens = 64
@@ -261,6 +283,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("examples", "eval_examples", "eval_problems", "max_new_tokens", "max_tool_calls"):
       _check(c.sft[key] > 0, f"sft.{key}", c.sft[key], "must be positive")
     _check(c.sft.tool_timeout > 0, "sft.tool_timeout", c.sft.tool_timeout, "must be positive")
+  if c.stage == "grpo":
+    _validate_grpo(c)
   _check(c.lora.rank >= 0, "lora.rank", c.lora.rank, "must be >= 0 (0: full fine-tuning)")
   _check(c.lora.rank == 0 or c.stage == "sft", "lora.rank", c.lora.rank, "LoRA is implemented for stage 'sft'")
   _check(c.lora.alpha > 0, "lora.alpha", c.lora.alpha, "must be positive")
@@ -277,6 +301,32 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.mesh.microbatches == -1 or c.mesh.microbatches >= 1, "mesh.microbatches", c.mesh.microbatches,
          "must be -1 or >= 1")
   return c
+
+
+def _validate_grpo(c):
+  g = c.grpo
+  _check(bool(c.init_from), "init_from", c.init_from, "stage 'grpo' starts from a fine-tuned run: set "
+         "--config.init_from=<workdir>")
+  try:
+    weights = tasks.parse_weights(g.tasks)
+  except ValueError as e:
+    raise ConfigError(f"config.grpo.tasks={g.tasks!r}: {e}") from None
+  _check(bool(weights), "grpo.tasks", g.tasks, "names no task")
+  for name in weights:
+    _check(name in tasks.CHECKED, "grpo.tasks", g.tasks,
+           f"{name!r} is not a task with an exact checker ({', '.join(tasks.CHECKED)})")
+  for key in ("prompts", "eval_problems", "max_new_tokens", "minibatches", "dynamic_rounds"):
+    _check(g[key] >= 1, f"grpo.{key}", g[key], "must be >= 1")
+  _check(g.group >= 2, "grpo.group", g.group, "must be >= 2 (advantages compare answers within a group)")
+  _check(g.eval_samples >= 1, "grpo.eval_samples", g.eval_samples, "must be >= 1")
+  _check(g.temperature > 0, "grpo.temperature", g.temperature, "must be positive (rollouts are sampled)")
+  _check(g.loss_agg in ("token", "sequence", "constant"), "grpo.loss_agg", g.loss_agg,
+         "must be 'token', 'sequence' or 'constant'")
+  _check(0 <= g.clip_low < 1, "grpo.clip_low", g.clip_low, "must be in [0, 1)")
+  _check(g.clip_high >= 0, "grpo.clip_high", g.clip_high, "must be >= 0")
+  _check(g.beta >= 0, "grpo.beta", g.beta, "must be >= 0")
+  _check(0 <= g.overlong_buffer < g.max_new_tokens, "grpo.overlong_buffer", g.overlong_buffer,
+         f"must be in [0, grpo.max_new_tokens={g.max_new_tokens})")
 
 
 def _validate_clean(cl):

@@ -79,7 +79,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
     saved = json.load(f)
   current = json.loads(config_lib.to_json(config))
   problems = []
-  stage_keys = {"distill": ("distill.teacher",), "sft": ("init_from", "sft.mixture", "sft.examples", "lora")}
+  stage_keys = {"distill": ("distill.teacher",), "sft": ("init_from", "sft.mixture", "sft.examples", "lora"),
+                "grpo": ("init_from", "grpo")}
   for key in _RESUME_MUST_MATCH + stage_keys.get(config.stage, ()):
     was, now = _lookup(saved, key), _lookup(current, key)
     if was == "<missing>" and key in _ADDED_SINCE:
@@ -471,7 +472,14 @@ def evaluate_bpb(eval_step, params, batches: list[dict], mesh, rows: list[int] |
           "eval/bpb": bpb.bits_per_byte(sums["nats"], sums["bytes"]), "eval/tokens": sums["tokens"]}
 
 
-STAGES = {"pretrain": pretrain, "distill": pretrain, "sft": pretrain}  # the same loop with other data or loss
+def grpo(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Reasoning RL (stage grpo): its own loop of rollouts and updates (llm_jax/rl/grpo.py)."""
+  from llm_jax.rl import grpo as grpo_lib  # pylint: disable=import-outside-toplevel
+  return grpo_lib.run(config, workdir, sys.modules[__name__])  # this module's workdir helpers
+
+
+STAGES = {"pretrain": pretrain, "distill": pretrain, "sft": pretrain,  # the same loop with other data or loss
+          "grpo": grpo}
 
 
 def main(argv):

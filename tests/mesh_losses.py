@@ -24,15 +24,15 @@ from llm_jax.training.step import make_eval_step, make_train_step, next_token_lo
 
 STEPS, BATCH, SEQ = 5, 8, 32
 ALL_ROWS = list(range(BATCH))  # one process feeds every row
+# Pure data parallelism is in data2_fsdp2_tensor2 and accum2_stage2_data4 (and every multi-host test);
+# accumulation on one device in tests/test_train.py::test_grad_accumulation_equals_full_batch.
 MESHES = {  # name -> (mesh, grad_accum)
     "one_device": (dict(data=1), 1),
-    "data8": (dict(data=8), 1),
     "fsdp8": (dict(data=1, fsdp=8), 1),
     "tensor8": (dict(data=1, tensor=8), 1),
     "data2_fsdp2_tensor2": (dict(data=2, fsdp=2, tensor=2), 1),
     "stage2_data2_tensor2": (dict(data=2, stage=2, tensor=2), 1),
     "stage4_fsdp2": (dict(data=1, stage=4, fsdp=2, microbatches=4), 1),
-    "accum4_one_device": (dict(data=1), 4),
     "accum2_stage2_data4": (dict(data=4, stage=2, microbatches=1), 2),
 }
 

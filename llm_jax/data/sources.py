@@ -63,9 +63,12 @@ FILE_TYPES = (".txt", ".jsonl", ".parquet")
 
 def synthetic_documents(n: int = 2000, seed: int = 0) -> list[dict]:
   """Seeded plain-text documents of exact facts a small model can learn: sums, products and differences of
-  multi-digit numbers, and the letters of words from the built-in corpus (source "synthetic")."""
-  from llm_jax.data.tasks import spelling  # pylint: disable=import-outside-toplevel
-  rng, vocab = random.Random(seed), spelling.words()
+  multi-digit numbers, and the letters of words (source "synthetic"). The words are the training split of the
+  synthetic tasks' words (llm_jax/data/tasks/spelling.py), so pretraining on this source never shows a word
+  those tasks hold out for evaluation."""
+  from llm_jax.data.tasks import base, spelling  # pylint: disable=import-outside-toplevel
+  rng = random.Random(seed)
+  vocab = [w for w in spelling.words() if base.in_split(w, "train")]
   docs = []
   for _ in range(n):
     lines = []

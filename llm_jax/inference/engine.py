@@ -189,17 +189,23 @@ class Engine:
 
   def __init__(self, model, params, *, mesh=None, cache_dtype=None, slot_multiple: int = 64,
                prompt_multiple: int = 16):
-    cfg, params = unstack_layers(model.cfg, params)  # one array per layer: no slicing inside the loop
-    self.model = model.clone(cfg=cfg, pipeline_stages=1)  # decoding runs the plain layer stack
+    self._given_cfg = model.cfg
+    self.model = model.clone(cfg=model.cfg.replace(scan_layers=False), pipeline_stages=1)  # decoding runs the plain layer stack
     self.mesh, self.cache_dtype = mesh, cache_dtype
     self.slot_multiple, self.prompt_multiple = slot_multiple, prompt_multiple
-    if mesh is not None:
-      boxed = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
-      params = jax.device_put(params, sharding.logical_sharding(boxed["params"], mesh))
-    self.params = params
+    self.set_params(params)
     self._prefill = self._jit(prefill, static_argnames=("slots", "cache_dtype"))
     self._extend = self._jit(extend, donate_argnums=(1,))
     self._decode = self._jit(decode, static_argnames=("steps",), donate_argnums=(1,))
+
+  def set_params(self, params):
+    """Decodes with `params` from now on (e.g. an RL policy after each update); the same shapes reuse the
+    compiled functions."""
+    _, params = unstack_layers(self._given_cfg, params)  # one array per layer: no slicing inside the loop
+    if self.mesh is not None:
+      boxed = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+      params = jax.device_put(params, sharding.logical_sharding(boxed["params"], self.mesh))
+    self.params = params
 
   def _jit(self, fn, **jit_kwargs):
     platform = (self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]).platform

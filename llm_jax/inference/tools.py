@@ -17,6 +17,7 @@ import functools
 import math
 import os
 import re
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -93,6 +94,12 @@ def _format_number(value) -> str:
   return _int_text(value)
 
 
+_CALCULATOR = "<calculator>"
+# Model-written input such as `1if` makes the parser warn on stderr before it fails or parses; the answer is
+# the tool output, so such warnings are silenced (for this file name only).
+warnings.filterwarnings("ignore", category=SyntaxWarning, module=_CALCULATOR)
+
+
 def calculator(expression: str) -> str:
   """Evaluates arithmetic on Python int/float literals (e.g. `2.5e3`) with unary + -, binary + - * / // % ** and
   parentheses. Integers are exact; results are printed as plain integers when integral (`6/3` -> `2`), otherwise
@@ -107,7 +114,7 @@ def calculator(expression: str) -> str:
   if len(expression) > MAX_EXPRESSION_CHARS:
     return f"error: expression longer than {MAX_EXPRESSION_CHARS} characters"
   try:
-    tree = ast.parse(expression, mode="eval")
+    tree = ast.parse(expression, filename=_CALCULATOR, mode="eval")
   except (SyntaxError, ValueError):
     return "error: syntax error in the expression"
   except Exception as e:  # e.g. RecursionError from the parser; tool output, never a crash

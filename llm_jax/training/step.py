@@ -7,7 +7,9 @@ target tokens, so accumulating A micro-batches gives the same update as one batc
 
 A loss function has the signature `loss_fn(params, batch, rng) -> (sum_of_losses, num_tokens)`; the
 next-token loss for pretraining is `next_token_loss`, distillation's is `training.distill.distill_loss`; later
-stages plug in their own.
+stages plug in their own. One may return `(sum_of_losses, (num_tokens, sums))` instead, `sums` a dict of
+further sums over the batch with a "count" entry: the step then also reports each `sums[k] / count` (e.g.
+GRPO's KL and clip fraction per policy token, rl/grpo.py).
 """
 
 from __future__ import annotations
@@ -54,26 +56,35 @@ def _split(batch: Batch, n: int) -> Batch:
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Callable,
                tx: optax.GradientTransformation, lr_fn: Callable, grad_accum: int = 1):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  split_aux = lambda aux: aux if isinstance(aux, tuple) else (aux, {})  # num_tokens [, extra sums]
 
   def micro(carry, xs):
-    grads_sum, loss_sum, tokens_sum = carry
+    grads_sum, loss_sum, tokens_sum, sums = carry
     micro_batch, micro_rng = xs
-    (loss, tokens), grads = grad_fn(state.params, micro_batch, micro_rng)
+    (loss, aux), grads = grad_fn(state.params, micro_batch, micro_rng)
+    tokens, extra = split_aux(aux)
     grads_sum = jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), grads_sum, grads)
-    return (grads_sum, loss_sum + loss, tokens_sum + tokens), None
+    sums = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), sums, extra)
+    return (grads_sum, loss_sum + loss, tokens_sum + tokens, sums), None
 
   # Gradients are summed in float32 whatever the parameters' dtype, then cast back to it, so that the
   # optimizer state keeps its dtype from step to step (and the donated state's buffers can be reused).
   zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
   rngs = jax.random.split(rng, grad_accum)
-  (grads, loss_sum, tokens), _ = jax.lax.scan(
-      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (_split(batch, grad_accum), rngs))
+  micro_batches = _split(batch, grad_accum)
+  _, aux_shape = jax.eval_shape(loss_fn, state.params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), rng)
+  sums0 = jax.tree_util.tree_map(lambda x: jnp.zeros((), jnp.float32), split_aux(aux_shape)[1])
+  (grads, loss_sum, tokens, sums), _ = jax.lax.scan(
+      micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), sums0), (micro_batches, rngs))
   tokens = jnp.maximum(tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss_sum / tokens, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
              "tokens": tokens}
+  if sums:
+    count = jnp.maximum(sums.pop("count"), 1.0)
+    metrics.update({k: v / count for k, v in sums.items()})
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -13,7 +13,9 @@ problem never appears in training, whatever the seed or the number of examples d
 Registered tasks: identity (who/what the assistant is), arithmetic (multi-digit + - * as questions and word
 problems, solved with the calculator tool), arithmetic_followup (a second turn that builds on the first
 answer), counting (how many times a letter occurs in a word, solved with the Python tool), spelling (a word
-letter by letter, with the Python tool). `mixture` draws from several by weight.
+letter by letter, with the Python tool), countdown (reach a target from given numbers with + - *, checked by
+value: any valid expression counts; the reasoning-RL task of llm_jax/rl/grpo.py). `mixture` draws from
+several by weight.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from llm_jax.data.tasks import arithmetic, identity, spelling
+from llm_jax.data.tasks import arithmetic, countdown, identity, spelling
 from llm_jax.data.tasks.base import Example, in_split  # noqa: F401  (re-exported: tasks.in_split)
 
 TASKS: dict[str, Callable[[random.Random, str], Example]] = {
@@ -30,9 +32,10 @@ TASKS: dict[str, Callable[[random.Random, str], Example]] = {
     "arithmetic_followup": arithmetic.make_followup,
     "counting": spelling.make_counting,
     "spelling": spelling.make_spelling,
+    "countdown": countdown.make,
 }
 # Tasks whose answers can be checked: the evaluation of tool use (llm_jax/eval/tasks.py).
-CHECKED = ("arithmetic", "arithmetic_followup", "counting", "spelling")
+CHECKED = ("arithmetic", "arithmetic_followup", "counting", "spelling", "countdown")
 
 
 def parse_weights(spec: str) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""Reinforcement learning stages: rollouts (rollout.py) and reasoning RL with verifiable rewards (grpo.py)."""
