@@ -9,8 +9,9 @@ from the same SFT weights with the same problems per step. Held-out greedy accur
 problem at temperature 1) and answer length are measured at steps 0, 20, 40, 60. Writes
 experiments/reasoning_rl.{md,json,png}. Finished runs are reused.
 
-CPU budget (2 cores, alone): ~10 min per variant (rollouts ~4 s and updates ~3 s per step, 4 evaluations
-of ~35 s).
+CPU budget (2 cores): GRPO took 8.1 min alone (~5.5 s per step: rollouts ~1.2 s, log-probs and two updates
+~4 s; 4 evaluations of ~30 s); Dr.GRPO does the same without the reference pass; DAPO samples about twice
+as many answers (measured 2026-12-03; results in reasoning_rl.md).
 """
 
 import argparse
@@ -84,11 +85,14 @@ def _plot(runs: dict, path: str):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  for name, run in runs.items():
-    axes[0].plot(*_series(run["evals"], "eval/arithmetic/pass@1"), marker="o", label=f"{name} pass@1 (T=1)")
-    axes[0].plot(*_series(run["evals"], "eval/arithmetic/greedy"), marker="x", linestyle="--", label=f"{name} greedy")
-    axes[1].plot(*_series(run["train"], "reward"), label=name)
-    axes[2].plot(*_series(run["train"], "length"), label=name)
+  for i, (name, run) in enumerate(runs.items()):
+    color = f"C{i}"
+    axes[0].plot(*_series(run["evals"], "eval/arithmetic/pass@1"), marker="o", color=color,
+                 label=f"{name} pass@1 (T=1)")
+    axes[0].plot(*_series(run["evals"], "eval/arithmetic/greedy"), marker="x", linestyle="--", color=color,
+                 label=f"{name} greedy")
+    axes[1].plot(*_series(run["train"], "reward"), color=color, label=name)
+    axes[2].plot(*_series(run["train"], "length"), color=color, label=name)
   axes[0].set(title="held-out arithmetic", xlabel="step", ylabel="accuracy")
   axes[1].set(title="mean reward of the step's rollouts", xlabel="step")
   axes[2].set(title="answer length (tokens the model wrote)", xlabel="step")
