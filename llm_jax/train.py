@@ -146,16 +146,17 @@ _FREE_FIELDS = ("dtype", "param_dtype", "remat", "max_seq_len")
 
 
 def init_params(source: str, setup: state_lib.Setup):
-  """Parameters from an llm_jax workdir or a Hugging Face model directory.
+  """Parameters from an llm_jax workdir (a LoRA run's merged into its base) or a Hugging Face model directory.
 
   Every field of this run's ModelConfig that defines the function (shapes, positions, RoPE scaling, norms,
   eps ...) must equal the source's, so a run cannot silently change the model it starts from; the check
   reads only config files, before any weight is loaded.
   """
-  ours = setup.model_config
+  ours, saved = setup.model_config, {}
   if os.path.isdir(os.path.join(source, "checkpoints")):
     with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
-      theirs = config_lib.model_config(json.load(f))
+      saved = json.load(f)
+    theirs = config_lib.model_config(saved)
   else:
     from llm_jax import convert  # pylint: disable=import-outside-toplevel
     theirs, _ = convert.read_config(source)
@@ -170,6 +171,9 @@ def init_params(source: str, setup: state_lib.Setup):
     if theirs.scan_layers != ours.scan_layers:
       raise config_lib.ConfigError(f"init_from: model.scan_layers={ours.scan_layers} but {source} was saved with "
                                    f"{theirs.scan_layers}")
+    if saved.get("lora", {}).get("rank", 0):  # a LoRA run's checkpoints hold adapters: load merges them
+      _, params, _ = llm_jax.load(source)
+      return jax.device_put(params, setup.params_sharding)
     return checkpoint.restore_params(source, setup.abstract_state.params)
   if not ours.scan_layers:
     raise config_lib.ConfigError("init_from a Hugging Face directory needs model.scan_layers=True")

@@ -30,6 +30,12 @@ def problems_of(name: str, n: int, seed: int = 0):
   return [TASKS[name](rng, "val") for _ in range(n)]
 
 
+def fitting_problems(name: str, n: int, seed: int, tokenizer, room: int) -> tuple[list, int]:
+  """(the held-out problems of problems_of whose prompt takes at most `room` tokens, how many did not)."""
+  problems = [p for p in problems_of(name, n, seed) if len(chat.render_for_completion(p.prompt, tokenizer)) <= room]
+  return problems, n - len(problems)
+
+
 def evaluate(engine, tokenizer, names: Sequence[str], problems: int = 100, *, seed: int = 0,
              max_new_tokens: int = 64, tools: Mapping | None = None, max_tool_calls: int = 4,
              ) -> tuple[dict[str, float], list[str]]:
@@ -47,10 +53,9 @@ def evaluate(engine, tokenizer, names: Sequence[str], problems: int = 100, *, se
   results, transcripts = {}, []
   room = engine.model.cfg.max_seq_len - max_new_tokens
   for name in names:
-    batch = [p for p in problems_of(name, problems, seed)
-             if len(chat.render_for_completion(p.prompt, tokenizer)) <= room]
-    if len(batch) < problems:  # a tokenizer with a tiny vocabulary makes long prompts
-      results[f"{name}/too_long"] = problems - len(batch)
+    batch, too_long = fitting_problems(name, problems, seed, tokenizer, room)
+    if too_long:  # a tokenizer with a tiny vocabulary makes long prompts
+      results[f"{name}/too_long"] = too_long
     if not batch:
       continue
     for mode, assistant in modes.items():

@@ -46,7 +46,6 @@ One process only (rollouts run on the host); a mesh of its devices shards the mo
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -163,21 +162,6 @@ def run(config, workdir: str, train_lib) -> dict:
     return _run(config, workdir, train_lib)
 
 
-def _initial_params(config, setup, mesh, train_lib):
-  """init_from's parameters (a LoRA run's merged into its base), placed like this run's."""
-  import llm_jax  # pylint: disable=import-outside-toplevel
-  source = config.init_from
-  path = os.path.join(source, "config.json")
-  saved = {}
-  if os.path.isdir(os.path.join(source, "checkpoints")) and os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-  if saved.get("lora", {}).get("rank", 0):
-    _, params, _ = llm_jax.load(source, mesh=mesh)
-    return jax.device_put(params, setup.params_sharding)
-  return train_lib.init_params(source, setup)
-
-
 def _run(config, workdir: str, train_lib) -> dict:
   g = config.grpo
   say = train_lib._print  # pylint: disable=protected-access
@@ -208,7 +192,7 @@ def _run(config, workdir: str, train_lib) -> dict:
     mngr.close()
     return {"step": start, "complete": True, **(last[-1] if last else {})}
 
-  ref_params = _initial_params(config, setup, mesh, train_lib)
+  ref_params = train_lib.init_params(config.init_from, setup)
   if start:
     state = checkpoint.restore(mngr, setup.abstract_state)
     say(f"resuming from {workdir}/checkpoints/{start}")

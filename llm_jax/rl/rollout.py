@@ -116,10 +116,9 @@ def evaluate_policy(assistant: Assistant, names: Sequence[str], problems: int, s
   out = {}
   room = assistant.engine.model.cfg.max_seq_len - max_new_tokens
   for name in names:
-    batch = [p for p in task_eval.problems_of(name, problems, seed)
-             if len(chat.render_for_completion(p.prompt, assistant.tokenizer, assistant.markers)) <= room]
-    if len(batch) < problems:  # as in eval.tasks: prompts too long for the model are counted, not run
-      out[f"{name}/too_long"] = problems - len(batch)
+    batch, too_long = task_eval.fitting_problems(name, problems, seed, assistant.tokenizer, room)
+    if too_long:  # prompts too long for the model are counted, not run
+      out[f"{name}/too_long"] = too_long
     if not batch:
       continue
     greedy = rollout(assistant, batch, 1, max_new_tokens=max_new_tokens, sampling=Sampling(), seed=seed)
