@@ -12,6 +12,9 @@ import os
 def load(workdir: str, step: int | None = None, mesh=None):
   """(config, params, tokenizer) of a training run's workdir, from its latest (or given) checkpoint.
 
+  A stage-ppo workdir gives the policy's parameters. A stage-reward workdir holds a reward model, not a
+  language model (PPO restores it itself: ppo.reward_model), and is refused here.
+
   The parameters are replicated over this machine's devices, or, given a `jax.sharding.Mesh`, sharded over
   it by their logical axis names like a training run's (distillation restores its teacher so).
   """
@@ -25,6 +28,9 @@ def load(workdir: str, step: int | None = None, mesh=None):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a llm_jax workdir?")
   with open(path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
+  if config.get("stage") == "reward":
+    raise ValueError(f"{workdir} holds a reward model (stage 'reward'), not a language model; use it as "
+                     "ppo.reward_model")
   # Whatever mesh trained them: the layout of parameters does not depend on the mesh.
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}) if mesh is None else mesh
   setup = state.build(config, mesh)
@@ -37,5 +43,10 @@ def load(workdir: str, step: int | None = None, mesh=None):
     abstract = sft.replicated_abstract(jax.eval_shape(init_adapters, jax.random.PRNGKey(0), base), mesh)
     adapters = checkpoint.restore_params(workdir, abstract, step)
     return config, jax.jit(merge, out_shardings=setup.params_sharding)(base, adapters), tok
+  if config.stage == "ppo":  # the state holds {"policy", "value"}: the language model is the policy
+    from llm_jax.rl import ppo  # pylint: disable=import-outside-toplevel
+    model = ppo.PolicyAndValue(setup.model_config)
+    params = checkpoint.restore_params(workdir, state.build(config, mesh, model).abstract_state.params, step)
+    return config, params["policy"], tok
   params = checkpoint.restore_params(workdir, setup.abstract_state.params, step)
   return config, params, tok

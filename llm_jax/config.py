@@ -28,7 +28,7 @@ from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.data import clean, sources, tasks
 from llm_jax.model.config import ModelConfig
 
-STAGES = ("pretrain", "distill", "sft", "grpo")  # later stages (reward, dpo, ppo) add themselves here
+STAGES = ("pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -209,6 +209,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.eval_problems = 100  # held-out problems per task at each evaluation
   c.grpo.eval_samples = 8  # answers per problem for pass@k (k = 1, 2, 4, ... <= this)
 
+  # RLHF (llm_jax/rl/preference.py: stages "reward" and "dpo"; llm_jax/rl/ppo.py: stage "ppo"). All start from
+  # config.init_from (a fine-tuned workdir). Preference pairs: "compare" (synthetic, labelled by a hidden gold
+  # judge: llm_jax/data/tasks/compare.py) and/or .jsonl files of {prompt, chosen, rejected}, TRL's
+  # conversational pairs or Anthropic-HH pairs (llm_jax/data/preferences.py), comma-separated.
+  c.pref = ml_collections.ConfigDict()
+  c.pref.data = "compare"
+  c.pref.train_pairs = 4000  # pairs drawn for training (steps cycle through them; data.batch_size pairs a step)
+  c.pref.eval_pairs = 200  # held-out pairs: reward-model / DPO implicit-reward accuracy and margin
+  c.pref.eval_prompts = 100  # held-out prompts answered at each evaluation (gold reward, KL to init_from)
+  c.pref.max_new_tokens = 24  # per answer, there and in PPO's rollouts
+  c.pref.temperature = 1.0  # of those answers (and of PPO's rollouts)
+  # Reward model (stage "reward"): the init_from trunk + a scalar head at the last token (model/heads.py);
+  # Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin) + center_coef * (r_chosen + r_rejected)^2.
+  c.reward = ml_collections.ConfigDict()
+  c.reward.margin = 0.0
+  c.reward.center_coef = 0.01  # keeps rewards near 0 (TRL's center_rewards_coefficient); 0 turns it off
+  # DPO (stage "dpo"): -log sigmoid(beta x (chosen - rejected log-ratio to the init_from model)), with
+  # cDPO's label smoothing (the share of pairs assumed flipped).
+  c.dpo = ml_collections.ConfigDict()
+  c.dpo.beta = 0.1
+  c.dpo.label_smoothing = 0.0
+  # PPO (stage "ppo"): one jitted step rolls out data.batch_size answers, scores them with the reward model,
+  # and trains policy + value (llm_jax/rl/ppo.py explains each term).
+  c.ppo = ml_collections.ConfigDict()
+  c.ppo.reward_model = ""  # workdir of a stage "reward" run; the value model starts from it
+  c.ppo.prompts = "compare"  # "task:weight,..." of llm_jax/data/tasks whose prompts are answered
+  c.ppo.epochs = 2  # passes over each batch of rollouts
+  c.ppo.minibatches = 2  # optimizer steps per pass
+  c.ppo.clip = 0.2  # policy ratio clipped to [1 - clip, 1 + clip]
+  c.ppo.vf_clip = 0.2  # value prediction clipped to old value +- vf_clip
+  c.ppo.vf_coef = 0.5
+  c.ppo.gamma = 1.0
+  c.ppo.lam = 0.95  # GAE lambda
+  c.ppo.kl_coef = 0.05  # per-token KL penalty to the init_from model in the reward
+  c.ppo.kl_estimator = "k1"  # "k1" (logp - logp_ref) or "k3"
+  c.ppo.kl_target = 0.0  # > 0: adaptive KL controller (Ziegler et al.) steering KL per answer to this
+  c.ppo.kl_horizon = 10000
+  c.ppo.missing_eos_penalty = 1.0  # subtracted from the reward of an answer cut off at max_new_tokens
+  c.ppo.whiten_advantages = True
+
   c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ("def ", "import os\n", "The ", "class ")
   c.sample.max_new_tokens = 64
@@ -301,6 +341,44 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.mesh.microbatches == -1 or c.mesh.microbatches >= 1, "mesh.microbatches", c.mesh.microbatches,
          "must be -1 or >= 1")
   return c
+
+
+def _validate_rlhf(c):
+  p = c.pref
+  _check(bool(c.init_from), "init_from", c.init_from, f"stage {c.stage!r} starts from a fine-tuned run: set "
+         "--config.init_from=<workdir>")
+  for entry in filter(None, (e.strip() for e in p.data.split(","))):
+    _check(entry == "compare" or os.path.isfile(entry), "pref.data", p.data,
+           f"{entry!r} is neither 'compare' nor a .jsonl file")
+  for key in ("train_pairs", "eval_pairs", "eval_prompts", "max_new_tokens"):
+    _check(p[key] >= 1, f"pref.{key}", p[key], "must be >= 1")
+  _check(p.temperature >= 0, "pref.temperature", p.temperature, "must be >= 0")
+  _check(c.reward.margin >= 0, "reward.margin", c.reward.margin, "must be >= 0")
+  _check(c.reward.center_coef >= 0, "reward.center_coef", c.reward.center_coef, "must be >= 0")
+  _check(c.dpo.beta > 0, "dpo.beta", c.dpo.beta, "must be positive")
+  _check(0 <= c.dpo.label_smoothing < 0.5, "dpo.label_smoothing", c.dpo.label_smoothing, "must be in [0, 0.5)")
+  if c.stage != "ppo":
+    return
+  o = c.ppo
+  _check(os.path.isdir(os.path.join(o.reward_model, "checkpoints")), "ppo.reward_model", o.reward_model,
+         "must be the workdir of a stage 'reward' run")
+  try:
+    weights = tasks.parse_weights(o.prompts)
+  except ValueError as e:
+    raise ConfigError(f"config.ppo.prompts={o.prompts!r}: {e}") from None
+  _check(bool(weights) and all(k in tasks.TASKS for k in weights), "ppo.prompts", o.prompts,
+         f"must name tasks of {sorted(tasks.TASKS)}")
+  _check(p.temperature > 0, "pref.temperature", p.temperature, "must be positive for PPO (rollouts are sampled)")
+  for key in ("epochs", "minibatches"):
+    _check(o[key] >= 1, f"ppo.{key}", o[key], "must be >= 1")
+  _check(c.data.batch_size % (o.minibatches * c.train.grad_accum) == 0, "data.batch_size", c.data.batch_size,
+         f"must split into ppo.minibatches={o.minibatches} x train.grad_accum={c.train.grad_accum}")
+  for key in ("clip", "vf_clip", "vf_coef", "kl_coef", "kl_target", "missing_eos_penalty"):
+    _check(o[key] >= 0, f"ppo.{key}", o[key], "must be >= 0")
+  _check(0 <= o.gamma <= 1, "ppo.gamma", o.gamma, "must be in [0, 1]")
+  _check(0 <= o.lam <= 1, "ppo.lam", o.lam, "must be in [0, 1]")
+  _check(o.kl_estimator in ("k1", "k3"), "ppo.kl_estimator", o.kl_estimator, "must be 'k1' or 'k3'")
+  _check(o.kl_horizon >= 1, "ppo.kl_horizon", o.kl_horizon, "must be >= 1")
 
 
 def _validate_grpo(c):

@@ -80,7 +80,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   current = json.loads(config_lib.to_json(config))
   problems = []
   stage_keys = {"distill": ("distill.teacher",), "sft": ("init_from", "sft.mixture", "sft.examples", "lora"),
-                "grpo": ("init_from", "grpo")}
+                "grpo": ("init_from", "grpo"), "reward": ("init_from", "pref", "reward"),
+                "dpo": ("init_from", "pref", "dpo"), "ppo": ("init_from", "pref", "ppo")}
   for key in _RESUME_MUST_MATCH + stage_keys.get(config.stage, ()):
     was, now = _lookup(saved, key), _lookup(current, key)
     if was == "<missing>" and key in _ADDED_SINCE:
@@ -482,8 +483,20 @@ def grpo(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return grpo_lib.run(config, workdir, sys.modules[__name__])  # this module's workdir helpers
 
 
+def preference(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Reward model (stage reward) or DPO (stage dpo) from preference pairs (llm_jax/rl/preference.py)."""
+  from llm_jax.rl import preference as preference_lib  # pylint: disable=import-outside-toplevel
+  return preference_lib.run(config, workdir, sys.modules[__name__])
+
+
+def ppo(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """RLHF with PPO against a reward model (llm_jax/rl/ppo.py)."""
+  from llm_jax.rl import ppo as ppo_lib  # pylint: disable=import-outside-toplevel
+  return ppo_lib.run(config, workdir, sys.modules[__name__])
+
+
 STAGES = {"pretrain": pretrain, "distill": pretrain, "sft": pretrain,  # the same loop with other data or loss
-          "grpo": grpo}
+          "reward": preference, "dpo": preference, "ppo": ppo, "grpo": grpo}
 
 
 def main(argv):

@@ -1,6 +1,6 @@
 """The SFT stage end to end on micro models: fine-tuning from a pretrained workdir (full and LoRA), the chat
-CLI driven as a real process through a pseudo-terminal, with a tool call round trip, and GRPO from the
-fine-tuned run."""
+CLI driven as a real process through a pseudo-terminal, with a tool call round trip, and GRPO, the reward
+model, PPO and DPO from the fine-tuned run."""
 
 import json
 import os
@@ -103,6 +103,49 @@ def test_grpo_runs_rollouts_updates_and_evaluation_from_a_fine_tuned_run(sft_wor
   assert os.path.isdir(workdir / "checkpoints" / "2")
   again = _train(workdir, *args)
   assert "run complete" in again.stdout + again.stderr
+
+
+def test_reward_model_ppo_and_dpo_run_from_a_fine_tuned_run(sft_workdir, tmp_path):
+  """The three RLHF stages through the CLI: a reward model, PPO against it (its value model started from it),
+  DPO; each logs its metrics and evaluations, checkpoints, and the PPO workdir loads as a language model."""
+  import llm_jax  # pylint: disable=import-outside-toplevel
+  common = [f"--config.init_from={sft_workdir}", "--config.data.seq_len=64", "--config.pref.train_pairs=48",
+            "--config.pref.eval_pairs=6", "--config.pref.eval_prompts=4", "--config.pref.max_new_tokens=6",
+            "--config.data.batch_size=4", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+  rm = tmp_path / "rm"
+  _train(rm, "--config.stage=reward", "--config.train.steps=4", *common)
+  evals = [json.loads(line) for line in open(rm / "metrics.jsonl", encoding="utf-8") if "eval/accuracy" in line]
+  assert [m["step"] for m in evals] == [0, 2, 4]
+  assert {"eval/margin", "eval/reward_chosen", "eval/reward_rejected"} <= set(evals[-1])
+  with pytest.raises(ValueError, match="holds a reward model"):
+    llm_jax.load(str(rm))
+  ppo = tmp_path / "ppo"
+  args = ["--config.stage=ppo", f"--config.ppo.reward_model={rm}", "--config.train.steps=2", "--config.ppo.kl_target=1",
+          *common]
+  out = _train(ppo, *args)
+  metrics = [json.loads(line) for line in open(ppo / "metrics.jsonl", encoding="utf-8")]
+  train = [m for m in metrics if "loss" in m]
+  assert [m["step"] for m in train] == [1, 2]
+  assert {"score", "reward", "kl", "kl_coef", "entropy", "clip_frac", "vf_loss", "pg_loss", "gold", "length"} <= set(
+      train[-1])
+  assert train[1]["kl_coef"] != train[0]["kl_coef"]  # the adaptive controller moved it
+  assert {"eval/gold", "eval/kl", "eval/proxy", "eval/correct"} <= set(metrics[-1])
+  assert "value model from" in out.stdout + out.stderr
+  _, params, _ = llm_jax.load(str(ppo))
+  _, sft_params, _ = llm_jax.load(str(sft_workdir))
+  assert jax_tree_structure(params) == jax_tree_structure(sft_params)
+  assert "run complete" in (lambda o: o.stdout + o.stderr)(_train(ppo, *args))
+  dpo = tmp_path / "dpo"
+  _train(dpo, "--config.stage=dpo", "--config.train.steps=2", *common)
+  evals = [json.loads(line) for line in open(dpo / "metrics.jsonl", encoding="utf-8") if "eval/gold" in line]
+  assert [m["step"] for m in evals] == [0, 2]
+  assert evals[0]["eval/kl"] == 0 and evals[0]["eval/accuracy"] == 0  # at the start the policy is the reference
+  assert os.path.isdir(dpo / "checkpoints" / "2")
+
+
+def jax_tree_structure(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree_util.tree_structure(tree)
 
 
 def _read_until(fd, pattern: str, timeout: float) -> str:

@@ -102,13 +102,15 @@ class Transformer(nn.Module):
   pipeline_microbatches: int = 1
 
   @nn.compact
-  def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None, last_only: bool = False):
+  def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None, last_only: bool = False,
+               hidden: bool = False):
     """Next-token logits [B, T, vocab] in float32; with a cache, (logits, updated cache) (module docstring).
 
     positions default to 0..T-1 (with a cache: each row's next positions, skipping padding); segment_ids
     (0 = padding) default to one segment per row. Attention (and the conv mixer) is causal and never
     crosses segments. With last_only, logits [B, vocab] of the last position only (the head's matmul is
-    then done once per row).
+    then done once per row). With hidden (no cache), the final-normed hidden states [B, T, d_model] in float32
+    instead of logits: the trunk that model/heads.py puts a scalar head on (the LM head is then not created).
     """
     c = self.cfg
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -153,6 +155,8 @@ class Transformer(nn.Module):
       x_BTD = x_BTD[:, -1:]
     if c.norm_position == "pre":  # post-norm blocks already end in a norm
       x_BTD = Norm(c, name="final_norm")(x_BTD)
+    if hidden:
+      return nn.with_logical_constraint(x_BTD.astype(jnp.float32), ("batch", "length", "embed"))
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:

@@ -46,7 +46,6 @@ One process only (rollouts run on the host); a mesh of its devices shards the mo
 
 from __future__ import annotations
 
-import os
 import random
 import time
 
@@ -61,6 +60,7 @@ from llm_jax.data import chat, tasks
 from llm_jax.inference import tools as tools_lib
 from llm_jax.inference.assistant import Assistant
 from llm_jax.inference.engine import Engine, Sampling
+from llm_jax.rl import stage
 from llm_jax.rl.rollout import draw_problems, evaluate_policy, make_batch, rollout
 from llm_jax.training import checkpoint, metrics as metrics_lib, optim
 from llm_jax.training import state as state_lib
@@ -152,29 +152,16 @@ def run(config, workdir: str, train_lib) -> dict:
   train_lib: the llm_jax.train module that dispatched here (its workdir lock, resume check, tokenizer and
   init_from helpers; under `python -m llm_jax.train` that module is __main__, so it is passed, not imported).
   """
-  config_lib.validate(config)
-  sharding.initialize_distributed(config)
-  if jax.process_count() > 1:
-    raise config_lib.ConfigError("stage 'grpo' runs in one process (its rollouts run on the host); use the "
-                                 "devices of one machine through config.mesh")
-  os.makedirs(workdir, exist_ok=True)
-  with train_lib._workdir_lock(workdir):  # pylint: disable=protected-access
+  with stage.start(config, workdir, train_lib):  # one process: the rollouts run on the host
     return _run(config, workdir, train_lib)
 
 
 def _run(config, workdir: str, train_lib) -> dict:
   g = config.grpo
   say = train_lib._print  # pylint: disable=protected-access
-  train_lib.check_resumable(workdir, config)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config_lib.to_json(config))
+  tok, mesh = stage.prepare(config, workdir, train_lib, pipeline=True)  # init_from's tokenizer
   t_start = time.time()
-  tok = train_lib.build_tokenizer(workdir, config, [])  # init_from's
   weights = tasks.parse_weights(g.tasks)
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"config.{e}") from None
   # The optimizer's schedule counts its updates: grpo.minibatches per step.
   updates_config = config.copy_and_resolve_references()
   updates_config.train.steps = config.train.steps * g.minibatches
@@ -185,12 +172,10 @@ def _run(config, workdir: str, train_lib) -> dict:
     raise config_lib.ConfigError(f"grpo.prompts x grpo.group = {rows} answers per step must split into "
                                  f"grpo.minibatches={g.minibatches} x train.grad_accum={config.train.grad_accum}")
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  done = stage.finished(mngr, config, workdir, say)
+  if done:
+    return done
   start = mngr.latest_step() or 0
-  if start >= config.train.steps:
-    last = [m for m in metrics_lib.read(workdir) if any(k.startswith("eval/") for k in m)]
-    say(f"run complete: {workdir} holds step {start} (train.steps={config.train.steps})")
-    mngr.close()
-    return {"step": start, "complete": True, **(last[-1] if last else {})}
 
   ref_params = train_lib.init_params(config.init_from, setup)
   if start:
@@ -228,10 +213,7 @@ def _run(config, workdir: str, train_lib) -> dict:
 
   def evaluate(step: int) -> dict:
     t0 = time.time()
-    result = {f"eval/{k}": v for k, v in evaluate_policy(assistant, names, **eval_settings).items()}
-    writer.write(step, result)
-    say(f"step {step} ({time.time() - t0:.0f} s): " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in result.items()))
-    return result
+    return stage.log_eval(writer, say, step, evaluate_policy(assistant, names, **eval_settings), t0)
 
   last = evaluate(0) if start == 0 else {}
   say(f"grpo: {config.train.steps} steps x {g.prompts} prompts x {g.group} answers from {g.tasks!r}; "
@@ -300,7 +282,5 @@ def _run(config, workdir: str, train_lib) -> dict:
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
-  summary = {"step": step, **last, "seconds": round(time.time() - t_start, 1)}
-  say("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
-  return summary
+  return stage.summarize(say, step, last, t_start)
 

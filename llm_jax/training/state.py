@@ -36,7 +36,7 @@ class TrainState(flax.struct.PyTreeNode):
 @dataclasses.dataclass
 class Setup:
   model_config: ModelConfig
-  model: Transformer
+  model: Any  # the Transformer, or build()'s `model`
   tx: optax.GradientTransformation
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   state_sharding: TrainState
@@ -89,10 +89,12 @@ def check_model_fits_mesh(config, mesh, params_sharding, abstract_params):
             + " x ".join(f"{a}={mesh.shape[a]}" for a in axes) + "; change the mesh or the model shape")
 
 
-def build(config, mesh) -> Setup:
+def build(config, mesh, model=None) -> Setup:
+  """The Setup of config's Transformer, or of `model` (another module of the same config called on tokens:
+  the reward model of model/heads.py, PPO's policy + value) whose parameters the state holds."""
   model_config = config_lib.model_config(config)
-  model = Transformer(model_config, pipeline_stages=mesh.shape.get("stage", 1),
-                      pipeline_microbatches=pipeline_microbatches(config, mesh))
+  model = model or Transformer(model_config, pipeline_stages=mesh.shape.get("stage", 1),
+                               pipeline_microbatches=pipeline_microbatches(config, mesh))
   tx = optim.make(config.train)
   dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
 

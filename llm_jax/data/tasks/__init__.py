@@ -14,8 +14,9 @@ Registered tasks: identity (who/what the assistant is), arithmetic (multi-digit 
 problems, solved with the calculator tool), arithmetic_followup (a second turn that builds on the first
 answer), counting (how many times a letter occurs in a word, solved with the Python tool), spelling (a word
 letter by letter, with the Python tool), countdown (reach a target from given numbers with + - *, checked by
-value: any valid expression counts; the reasoning-RL task of llm_jax/rl/grpo.py). `mixture` draws from
-several by weight.
+value: any valid expression counts; the reasoning-RL task of llm_jax/rl/grpo.py), compare (which of two
+numbers is larger, answered without tools in styles of mixed quality, with a hidden rule-based gold judge
+and gold-labelled preference pairs: the RLHF task). `mixture` draws from several by weight.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from llm_jax.data.tasks import arithmetic, countdown, identity, spelling
+from llm_jax.data.tasks import arithmetic, compare, countdown, identity, spelling
 from llm_jax.data.tasks.base import Example, in_split  # noqa: F401  (re-exported: tasks.in_split)
 
 TASKS: dict[str, Callable[[random.Random, str], Example]] = {
@@ -33,9 +34,10 @@ TASKS: dict[str, Callable[[random.Random, str], Example]] = {
     "counting": spelling.make_counting,
     "spelling": spelling.make_spelling,
     "countdown": countdown.make,
+    "compare": compare.make,
 }
 # Tasks whose answers can be checked: the evaluation of tool use (llm_jax/eval/tasks.py).
-CHECKED = ("arithmetic", "arithmetic_followup", "counting", "spelling", "countdown")
+CHECKED = ("arithmetic", "arithmetic_followup", "counting", "spelling", "countdown", "compare")
 
 
 def parse_weights(spec: str) -> dict[str, float]:

@@ -14,7 +14,9 @@ class Example:
   conversation: list[dict]  # full, for SFT
   answer: str  # the expected final answer
   task: str = ""
-  kind: str = "number"  # how check() compares: "number" (the last number in the text) or "text" (contains)
+  # How check() compares: "number" (the last number in the text equals the answer), "first_number" (the first
+  # number does: "47 is larger than 23."), or "text" (the text contains the answer).
+  kind: str = "number"
 
   @property
   def prompt(self) -> list[dict]:
@@ -23,9 +25,9 @@ class Example:
     return self.conversation[:last + 1]
 
   def check(self, text: str) -> bool:
-    if self.kind == "number":
+    if self.kind in ("number", "first_number"):
       numbers = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
-      return bool(numbers) and numbers[-1] == self.answer
+      return bool(numbers) and numbers[0 if self.kind == "first_number" else -1] == self.answer
     return self.answer in text
 
 
