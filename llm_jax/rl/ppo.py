@@ -327,6 +327,8 @@ def _run(config, workdir: str, train_lib) -> dict:
     say(f"initialised from {config.init_from}; value model from {o.reward_model}")
   previous = [m for m in metrics_lib.read(workdir) if "kl_coef" in m and m["step"] <= start_step]
   kl = AdaptiveKL(previous[-1]["kl_coef"] if previous else o.kl_coef, o.kl_target, o.kl_horizon)
+  if previous:  # the coefficient the last step used, moved as that step's KL moved it
+    kl.update(previous[-1]["kl"], b)
   train_lib._truncate_metrics(workdir, start_step)  # pylint: disable=protected-access
 
   step_fn = make_ppo_step(cfg, settings, setup.tx, optim.schedule(updates_config.train), mesh, setup.state_sharding)
