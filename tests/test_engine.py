@@ -25,7 +25,7 @@ def _model(seed=0, **changes):
   cfg = ModelConfig(**{**dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
                               max_seq_len=96), **changes})
   model = Transformer(cfg)
-  return model, nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"])
+  return model, nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"])
 
 
 def _greedy_by_recompute(model, params, prompt, n):
@@ -48,7 +48,10 @@ PROMPTS = [[1, 5, 9], [1, 7, 3, 3, 3, 3, 3, 3, 2, 1, 4, 60, 61, 62, 63, 8, 9], [
 def test_cached_logits_equal_recomputation_for_ragged_chunks(changes):
   model, params = _model(**changes)
   seqs = [np.random.RandomState(i).randint(0, 64, n) for i, n in enumerate((20, 26, 18))]
-  full = [model.apply({"params": params}, jnp.asarray(s[None]))[0] for s in seqs]
+  padded = np.zeros((3, 26), np.int32)  # right padding: causal logits before it are the unpadded sequence's
+  for i, s in enumerate(seqs):
+    padded[i, :len(s)] = s
+  full = jax.jit(lambda p, t: model.apply({"params": p}, t))(params, padded)
   lengths = np.array([3, 17, 1])
   tokens, lens = E.pad_rows([s[:n] for s, n in zip(seqs, lengths)], 8)
   prefill = jax.jit(functools.partial(E.prefill, model), static_argnums=(3,))
