@@ -151,15 +151,15 @@ def _logps(model, params, inputs_BT, targets_BT, positions_BT, segment_ids_BT):
 
 def ppo_loss(cfg: ModelConfig, s: Settings):
   """loss_fn(params, batch, rng) -> (sum, (answer tokens, sums)) for training/step.py's train_step."""
-  lm, value_model = Transformer(cfg), heads.ScalarModel(cfg)
+  lm, scalar = Transformer(cfg), heads.ScalarModel(cfg)  # the value model is a ScalarModel
 
   def loss_fn(params, batch, rng):
     del rng
     n, mask = s.max_new_tokens, batch["mask"]
     args = (batch["inputs"], batch["targets"], batch["positions"], batch["segment_ids"])
     logp, entropy = (_answer_slice(x, n) for x in _logps(lm, params["policy"], *args))
-    values = _answer_slice(value_model.apply({"params": params["value"]}, batch["inputs"], batch["positions"],
-                                             batch["segment_ids"]), n)
+    values = _answer_slice(scalar.apply({"params": params["value"]}, batch["inputs"], batch["positions"],
+                                        batch["segment_ids"]), n)
     ratio = jnp.exp(logp - batch["logp"])
     pg, clipped = clipped_loss(ratio, batch["advantages"], s.clip, s.clip)
     vf, vf_clipped = value_loss(values, batch["values"], batch["returns"], s.vf_clip)
@@ -174,7 +174,7 @@ def ppo_loss(cfg: ModelConfig, s: Settings):
 def ppo_step(state, rm_params, ref_params, prompts_BP, lengths_B, kl_coef, rng, *, cfg: ModelConfig, s: Settings,
              tx, lr_fn):
   """One PPO iteration (module docstring): (state, metrics, answers [B, N] with NO_TOKEN after a stop)."""
-  lm, value_model = Transformer(cfg), heads.ScalarModel(cfg)
+  lm, scalar = Transformer(cfg), heads.ScalarModel(cfg)  # the value and reward models are ScalarModels
   decode_cfg, decode_params = unstack_layers(cfg, state.params["policy"])
   decoder = Transformer(decode_cfg)
   k_roll, k_perm, k_train = jax.random.split(rng, 3)
@@ -196,9 +196,9 @@ def ppo_step(state, rm_params, ref_params, prompts_BP, lengths_B, kl_coef, rng, 
   args = (inputs["inputs"], inputs["targets"], inputs["positions"], inputs["segment_ids"])
   logp_BN, _ = (_answer_slice(x, n) for x in _logps(lm, state.params["policy"], *args))
   ref_BN, _ = (_answer_slice(x, n) for x in _logps(lm, ref_params, *args))
-  values_BN = _answer_slice(value_model.apply({"params": state.params["value"]}, inputs["inputs"],
-                                              inputs["positions"], inputs["segment_ids"]), n)
-  score_B = heads.last_real(value_model.apply({"params": rm_params}, tokens, positions, segment_ids), segment_ids)
+  values_BN = _answer_slice(scalar.apply({"params": state.params["value"]}, inputs["inputs"], inputs["positions"],
+                                         inputs["segment_ids"]), n)
+  score_B = heads.last_real(scalar.apply({"params": rm_params}, tokens, positions, segment_ids), segment_ids)
   score_B = score_B - s.missing_eos_penalty * (~finished_B)
   mask = mask_BN.astype(jnp.float32)
   kl_BN = (logp_BN - ref_BN if s.kl_estimator == "k1" else kl_k3(logp_BN, ref_BN)) * mask
