@@ -7,6 +7,7 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from llm_jax.inference import sample
@@ -19,7 +20,7 @@ def _model(small_tokenizer):
   cfg = ModelConfig(vocab_size=small_tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1,
                     head_dim=8, d_ff=32, max_seq_len=32)
   model = Transformer(cfg)
-  return model, nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  return model, nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
 
 
 def test_greedy_is_deterministic_and_matches_step_by_step_argmax(small_tokenizer):
@@ -29,9 +30,11 @@ def test_greedy_is_deterministic_and_matches_step_by_step_argmax(small_tokenizer
   assert a == sample.generate(model, params, small_tokenizer, prompts, max_new_tokens=5)
   # Reference: grow the sequence one argmax at a time with full forward passes.
   ids = [small_tokenizer.bos_id] + small_tokenizer.encode(prompts[1])
+  forward = jax.jit(lambda p, buffer: model.apply({"params": p}, buffer))  # one causal buffer: one compile
   for _ in range(5):
-    logits = model.apply({"params": params}, jnp.asarray([ids]))
-    ids.append(int(jnp.argmax(logits[0, -1])))
+    buffer = np.zeros((1, 32), np.int32)
+    buffer[0, :len(ids)] = ids
+    ids.append(int(jnp.argmax(forward(params, buffer)[0, len(ids) - 1])))
   assert a[1] == small_tokenizer.decode(ids[-5:])
 
 
