@@ -55,7 +55,7 @@ from llm_jax.model import ModelConfig, Transformer, heads
 from llm_jax.model.transformer import unstack_layers
 from llm_jax.rl import rewards, stage
 from llm_jax.rl.grpo import clipped_loss, kl_k3
-from llm_jax.rl.rollout import draw_problems
+from llm_jax.rl.rollout import draw_problems, read_answer
 from llm_jax.training import checkpoint, metrics as metrics_lib, optim
 from llm_jax.training import state as state_lib
 from llm_jax.training.step import train_step
@@ -357,8 +357,7 @@ def _run(config, workdir: str, train_lib) -> dict:
                                 jax.random.fold_in(rng, step))
     m = {k: float(v) for k, v in jax.device_get(m).items() if k != "tokens"}
     answers = np.asarray(answers)
-    m["gold"] = float(np.mean([rewards.judge(p, _text(a, tok, markers), bool(np.any(a == markers.assistant[1])))
-                               for p, a in zip(problems, answers)]))
+    m["gold"] = float(np.mean([rewards.judge(p, *read_answer(a, tok, markers)) for p, a in zip(problems, answers)]))
     m["kl_coef"] = kl.value
     kl.update(m["kl"], b)
     m["step_s"] = time.time() - t0
@@ -375,8 +374,3 @@ def _run(config, workdir: str, train_lib) -> dict:
   writer.close()
   gold_eval.write_samples(workdir, state.params["policy"], seed=config.seed, say=say)
   return stage.summarize(say, config.train.steps, last, t_start)
-
-
-def _text(answer, tok, markers) -> str:
-  """The final text of an answer row (NO_TOKEN entries dropped)."""
-  return chat.final_text(chat.parse_assistant([int(t) for t in answer if t >= 0], tok, markers))

@@ -157,6 +157,11 @@ def _run(config, workdir: str, train_lib) -> dict:
   is_reward = config.stage == "reward"
   tok, mesh = stage.prepare(config, workdir, train_lib)
   t_start = time.time()
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  done = stage.finished(mngr, config, workdir, say)  # before any pair is read or rendered
+  if done:
+    return done
+  start_step = mngr.latest_step() or 0
   lm_setup = state_lib.build(config, mesh)
   model_cfg = lm_setup.model_config
   try:
@@ -176,12 +181,8 @@ def _run(config, workdir: str, train_lib) -> dict:
          if dropped or eval_dropped else ""))
 
   setup = state_lib.build(config, mesh, heads.ScalarModel(model_cfg)) if is_reward else lm_setup
-  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-  done = stage.finished(mngr, config, workdir, say)
-  if done:
-    return done
-  start_step = mngr.latest_step() or 0
-  lm_params = train_lib.init_params(config.init_from, lm_setup)
+  # init_from's weights: DPO's reference always; a reward model's trunk only when it starts (not on resume).
+  lm_params = train_lib.init_params(config.init_from, lm_setup) if not (is_reward and start_step) else None
   rng = jax.random.PRNGKey(config.seed)
   ref_params = None if is_reward else lm_params
   if start_step:
@@ -220,6 +221,7 @@ def _run(config, workdir: str, train_lib) -> dict:
   ref_logps = jax.jit(ref_fn, in_shardings=(setup.params_sharding, batch_sharding))
 
   pairs_per_step = config.data.batch_size
+
   def on_device(arrays: dict, idx, **extra) -> dict:
     rows = {**{k: v[idx] for k, v in arrays.items()}, **extra}
     batch = sharding.rows_to_global(rows, list(range(len(idx))), len(idx), mesh)

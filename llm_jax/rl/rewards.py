@@ -15,6 +15,7 @@ and the means are returned. The prompts, and so the compiled shapes, stay the sa
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -26,6 +27,8 @@ from llm_jax.data.tasks import compare
 from llm_jax.eval import tasks as task_eval
 from llm_jax.inference.engine import Engine, Sampling, _bucket
 from llm_jax.model import heads
+from llm_jax.rl.preference import sequence_logps
+from llm_jax.rl.rollout import read_answer
 
 GOLD = {"compare": compare.gold}  # tasks with a gold judge of the whole answer (others: their checker)
 
@@ -52,20 +55,14 @@ class GoldEval:
       raise ValueError(f"no held-out prompt of {config.ppo.prompts!r} fits max_seq_len with pref.max_new_tokens")
     self.prompts = [chat.render_for_completion(p.prompt, tok, self.markers) for p in self.problems]
     self.length = _bucket(max(len(p) for p in self.prompts) + self.max_new_tokens, 16)
-    replicated = sharding.replicated(mesh)
-    self.replicated = replicated
-    self.ref_params = jax.device_put(ref_params, replicated)
+    self.replicated = sharding.replicated(mesh)
+    self.ref_params = jax.device_put(ref_params, self.replicated)
     self.engine = Engine(setup.model, self.ref_params)
-    model = setup.model
-
-    def logps(params, tokens, segment_ids, weights):
-      from llm_jax.rl.preference import sequence_logps  # pylint: disable=import-outside-toplevel
-      return sequence_logps(model, params, tokens, segment_ids, weights)
-    self.logps = jax.jit(logps)
+    self.logps = jax.jit(functools.partial(sequence_logps, setup.model))
     self.reward = None
     if reward is not None:
       rm_model, rm_params = reward
-      self.rm_params = jax.device_put(rm_params, replicated)
+      self.rm_params = jax.device_put(rm_params, self.replicated)
       self.reward = jax.jit(lambda p, t, s: heads.last_real(rm_model.apply({"params": p}, t, None, s), s))
 
   def answers(self, params, seed: int) -> list[list[int]]:
@@ -84,8 +81,7 @@ class GoldEval:
       row = prompt + answer
       tokens[i, :len(row)], segment_ids[i, :len(row)] = row, 1
       weights[i, len(prompt):len(row)] = 1
-      done = bool(answer) and answer[-1] == self.markers.assistant[1]
-      text = chat.final_text(chat.parse_assistant(answer, self.tok, self.markers))
+      text, done = read_answer(answer, self.tok, self.markers)
       gold.append(judge(problem, text, done))
       correct.append(float(problem.check(text)))
       finished.append(float(done))
@@ -102,8 +98,7 @@ class GoldEval:
     answers = self.answers(params, seed)[:n]
     lines = []
     for problem, answer in zip(self.problems, answers):
-      done = bool(answer) and answer[-1] == self.markers.assistant[1]
-      text = chat.final_text(chat.parse_assistant(answer, self.tok, self.markers))
+      text, done = read_answer(answer, self.tok, self.markers)
       lines.append(f"{problem.prompt[-1]['content']} -> {text!r} (gold {judge(problem, text, done):.2f})")
     with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
       f.write("\n".join(lines) + "\n")

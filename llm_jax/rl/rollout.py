@@ -54,6 +54,14 @@ def written_mask(tokens: Sequence[int], markers: chat.Markers) -> list[int]:
   return mask
 
 
+def read_answer(tokens: Sequence[int], tokenizer, markers: chat.Markers) -> tuple[str, bool]:
+  """(the final text of an assistant turn's tokens, whether it ended with <|assistant_end|>); decode padding
+  (negative ids, NO_TOKEN) is dropped first."""
+  tokens = [int(t) for t in tokens if t >= 0]
+  return (chat.final_text(chat.parse_assistant(tokens, tokenizer, markers)),
+          bool(tokens) and tokens[-1] == markers.assistant[1])
+
+
 def draw_problems(weights: dict[str, float], n: int, rng: random.Random, fits=lambda problem: True) -> list:
   """n training problems of the weighted tasks whose prompts `fits` (drawn again otherwise; ValueError when
   most do not)."""
@@ -81,8 +89,8 @@ def rollout(assistant: Assistant, problems: Sequence, group: int, *, max_new_tok
   for i, row in enumerate(tokens):
     problem = problems[i // group]
     mask = written_mask(row, m)
-    correct = problem.check(chat.final_text(chat.parse_assistant(row, tok, m)))
-    finished = bool(row) and row[-1] == m.assistant[1]
+    text, finished = read_answer(row, tok, m)
+    correct = problem.check(text)
     reward = (float(correct) + format_reward * finished
               + overlong_penalty(sum(mask), max_new_tokens, overlong_buffer) * (overlong_buffer > 0))
     out.append({"prompt": rows[i], "tokens": row, "mask": mask, "reward": reward, "correct": correct,
