@@ -122,6 +122,46 @@ def test_sampling_filters():
   assert (np.asarray(E.sample_tokens(rows[:4], jax.random.PRNGKey(0), E.Sampling(0.0))) == 0).all()
 
 
+def test_sampling_settings_per_row_equal_each_rows_scalar_settings():
+  logits = jax.random.normal(jax.random.PRNGKey(1), (4, 32)) * 3
+  settings = [E.Sampling(1.0), E.Sampling(0.7, top_k=5), E.Sampling(1.3, top_p=0.6), E.Sampling(0.5, min_p=0.2)]
+  per_row = E.Sampling(*(np.array([getattr(s, f) for s in settings]) for f in ("temperature", "top_k", "top_p",
+                                                                                 "min_p")))
+  got = np.asarray(E.filtered_logits(logits, per_row))
+  for i, s in enumerate(settings):
+    np.testing.assert_allclose(got[i], np.asarray(E.filtered_logits(logits[i:i + 1], s))[0], rtol=1e-6)
+  # A greedy row among sampled rows stays greedy; the sampled rows do sample.
+  mixed = E.Sampling(np.array([0.0, 5.0, 5.0, 5.0], np.float32), np.zeros(4, np.int32), np.ones(4, np.float32),
+                     np.zeros(4, np.float32))
+  draws = np.stack([np.asarray(E.sample_tokens(logits, jax.random.PRNGKey(k), mixed)) for k in range(12)])
+  assert (draws[:, 0] == int(jnp.argmax(logits[0]))).all()
+  assert len(set(draws[:, 1].tolist())) > 1
+
+
+@pytest.mark.parametrize("pattern", ["A", "AC"])
+def test_restarted_rows_start_fresh_and_compaction_keeps_the_logits(pattern):
+  model, params = _model(layer_pattern=pattern)
+  engine = E.Engine(model, params, slot_multiple=16, prompt_multiple=8)
+  state = engine.start(PROMPTS, 8, extra_slots=64)
+  state, _ = engine.decode(state, 5)
+  # Row 1's request is over: a new prompt takes the row. Its logits are those of the prompt alone.
+  new = [1, 11, 12, 13, 14]
+  state = engine.force(engine.restart(state, [False, True, False]), [[], new, []])
+  alone = engine.start([new], 8)
+  np.testing.assert_allclose(state.logits[1], alone.logits[0], atol=1e-5)
+  assert bool(state.done[2]) is False and int(state.cache["pos"][1]) == len(new)
+  # Compaction frees the slots rows 0-2 no longer use and changes nothing any row attends to.
+  index = int(state.cache["index"])
+  copy = jax.tree_util.tree_map(jnp.copy, state)
+  compacted = engine.compact(copy)
+  assert int(compacted.cache["index"]) < index
+  assert int(compacted.cache["index"]) == int(np.max(np.sum(np.asarray(state.cache["valid"]), axis=1)))
+  after_a, out_a = engine.decode(state, 4)
+  after_b, out_b = engine.decode(compacted, 4)
+  np.testing.assert_array_equal(out_a, out_b)
+  np.testing.assert_allclose(after_a.logits, after_b.logits, atol=1e-5)
+
+
 def test_sampled_generation_depends_on_seed_and_limits_are_checked():
   model, params = _model()
   engine = E.Engine(model, params)

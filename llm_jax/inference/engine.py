@@ -5,6 +5,7 @@ Pure functions (jittable; later stages call them inside their own jit, e.g. RL r
     state = prefill(model, params, tokens_BT, lengths_B, slots, rng)     # ragged prompts, left-padded
     state, tokens_BN = decode(model, params, state, sampling, stop_ids, steps=N)
     state = extend(model, params, state, tokens_BT, lengths_B)            # the host forces tokens
+    state = restart(state, rows_B); state = compact(state)                # continuous batching (batching.py)
 
 A `State` holds the cache (model/transformer.py `init_cache`: keys/values in the compute dtype, another
 float dtype or int8 with per-head scales), the next-token logits of every row, per-row `done` flags and the
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax import sharding
+from llm_jax.model.layers import SLOT_AXIS
 from llm_jax.model.transformer import cache_slots, init_cache, unstack_layers
 
 NO_TOKEN = -1  # in decode outputs: the row had stopped (or the chunk ended early)
@@ -56,28 +58,39 @@ class State:
   rng: jax.Array
 
 
+def _rows(value, rows: int):
+  """A sampling setting as a scalar or, when it has one value per row, as [rows, 1]."""
+  value = jnp.asarray(value)
+  return value.reshape(rows, 1) if value.ndim else value
+
+
 def filtered_logits(logits_BV, sampling: Sampling):
   """logits / temperature (any leading dims) with the tokens outside top-k, top-p and min-p set to -inf.
 
   Applied in order temperature -> top-k -> top-p (on the top-k distribution) -> min-p (relative to the most
-  likely token), as Hugging Face's logits processors do; ties at a threshold are kept.
+  likely token), as Hugging Face's logits processors do; ties at a threshold are kept. Each setting is a
+  scalar or has one value per row of logits [B, V] (a server batching requests with their own settings).
   """
   shape, vocab = logits_BV.shape, logits_BV.shape[-1]
-  logits_BV = logits_BV.reshape(-1, vocab).astype(jnp.float32) / jnp.maximum(sampling.temperature, 1e-6)
+  logits_BV = logits_BV.reshape(-1, vocab).astype(jnp.float32)
+  rows = logits_BV.shape[0]
+  temperature, top_k, top_p, min_p = (_rows(v, rows) for v in (sampling.temperature, sampling.top_k,
+                                                                 sampling.top_p, sampling.min_p))
+  logits_BV = logits_BV / jnp.maximum(temperature, 1e-6)
 
   def apply(logits_BV):
     sorted_BV = -jnp.sort(-logits_BV, axis=-1)
-    k = jnp.where(sampling.top_k > 0, jnp.minimum(sampling.top_k, vocab), vocab)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
     sorted_BV = jnp.where(jnp.arange(vocab) < k, sorted_BV, -jnp.inf)
     probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < sampling.top_p  # the first one always stays
+    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the first one always stays
     kept_B = jnp.maximum(jnp.sum(keep_BV & (jnp.arange(vocab) < k), axis=-1), 1)
     threshold_B = jnp.take_along_axis(sorted_BV, kept_B[:, None] - 1, axis=-1)[:, 0]
-    min_p_B = jnp.where(sampling.min_p > 0, sorted_BV[:, 0] + jnp.log(jnp.maximum(sampling.min_p, 1e-30)),
-                        -jnp.inf)
+    min_p_B = jnp.reshape(min_p, (-1,))
+    min_p_B = jnp.where(min_p_B > 0, sorted_BV[:, 0] + jnp.log(jnp.maximum(min_p_B, 1e-30)), -jnp.inf)
     return jnp.where(logits_BV >= jnp.maximum(threshold_B, min_p_B)[:, None], logits_BV, -jnp.inf)
 
-  active = (sampling.top_k > 0) | (sampling.top_p < 1) | (sampling.min_p > 0)
+  active = jnp.any((top_k > 0) | (top_p < 1) | (min_p > 0))
   return jax.lax.cond(active, apply, lambda x: x, logits_BV).reshape(shape)
 
 
@@ -90,10 +103,14 @@ def argmax(logits_BV):
 
 
 def sample_tokens(logits_BV, rng, sampling: Sampling):
-  """[B] int32 tokens: argmax at temperature 0, else a draw from the filtered distribution."""
-  return jax.lax.cond(sampling.temperature > 0,
-                      lambda: jax.random.categorical(rng, filtered_logits(logits_BV, sampling)).astype(jnp.int32),
-                      lambda: argmax(logits_BV))
+  """[B] int32 tokens: argmax at temperature 0, else a draw from the filtered distribution (per row when
+  the temperature has one value per row)."""
+  temperature = jnp.asarray(sampling.temperature)
+  draw = lambda: jax.random.categorical(rng, filtered_logits(logits_BV, sampling)).astype(jnp.int32)
+  if temperature.ndim:
+    return jax.lax.cond(jnp.any(temperature > 0), lambda: jnp.where(temperature > 0, draw(), argmax(logits_BV)),
+                        lambda: argmax(logits_BV))
+  return jax.lax.cond(temperature > 0, draw, lambda: argmax(logits_BV))
 
 
 def new_state(model, batch: int, slots: int, rng, cache_dtype=None) -> State:
@@ -117,6 +134,45 @@ def extend(model, params, state: State, tokens_BT, lengths_B) -> State:
   full = cache["index"] >= cache_slots(cache)
   return state.replace(cache=cache, logits=jnp.where(given_B[:, None], logits_BV, state.logits),
                        done=jnp.where(given_B, full, state.done | full))
+
+
+def restart(state: State, rows_B) -> State:
+  """Rows in rows_B [B] bool forget everything they held (their slots stop counting, position 0, conv state
+  zeroed) and stand stopped until extend() gives them tokens: a finished request's row reused by the next."""
+  cache = state.cache
+  layers = [{name: (jnp.where(rows_B[:, None, None], 0, x) if name == "state" else x) for name, x in layer.items()}
+            for layer in cache["layers"]]
+  cache = {**cache, "pos": jnp.where(rows_B, 0, cache["pos"]), "valid": cache["valid"] & ~rows_B[:, None],
+           "layers": layers}
+  return state.replace(cache=cache, done=state.done | rows_B)
+
+
+def compact(state: State) -> State:
+  """The same cache with every row's slots in use moved to the front, in order, and the shared index set
+  just past the longest row's: the slots that finished and restarted rows left behind become free again.
+
+  Each row keeps its entries' order and positions (keys carry their rotary positions), so attention sees
+  exactly what it saw before; rows with fewer entries are padded in front, as prefill pads prompts.
+  """
+  cache = state.cache
+  valid_BS = cache["valid"]
+  slots = valid_BS.shape[1]
+  count_B = jnp.sum(valid_BS, axis=1, dtype=jnp.int32)
+  index = jnp.max(count_B)
+  order_BS = jnp.argsort(valid_BS, axis=1, stable=True)  # unused slots first, then the used ones in order
+  # New slot j < index takes the used entry index - j from the end; slots from index on are free.
+  src_BS = order_BS[:, jnp.clip(jnp.arange(slots) + slots - index, 0, slots - 1)]
+  new_valid_BS = jnp.take_along_axis(valid_BS, src_BS, axis=1) & (jnp.arange(slots) < index)
+
+  def move(name, x):
+    if name not in SLOT_AXIS:
+      return x
+    axis = SLOT_AXIS[name]
+    src = src_BS.reshape(src_BS.shape[:1] + (1,) * (axis - 1) + src_BS.shape[1:] + (1,) * (x.ndim - axis - 1))
+    return jnp.take_along_axis(x, src, axis=axis)
+
+  layers = [{name: move(name, x) for name, x in layer.items()} for layer in cache["layers"]]
+  return state.replace(cache={**cache, "index": index, "valid": new_valid_BS, "layers": layers})
 
 
 def prefill(model, params, tokens_BT, lengths_B, slots: int, rng, cache_dtype=None) -> State:
@@ -197,6 +253,7 @@ class Engine:
     self._prefill = self._jit(prefill, static_argnames=("slots", "cache_dtype"))
     self._extend = self._jit(extend, donate_argnums=(1,))
     self._decode = self._jit(decode, static_argnames=("steps",), donate_argnums=(1,))
+    self._restart, self._compact = jax.jit(restart, donate_argnums=0), jax.jit(compact, donate_argnums=0)
 
   def set_params(self, params):
     """Decodes with `params` from now on (e.g. an RL policy after each update); the same shapes reuse the
@@ -211,6 +268,23 @@ class Engine:
     platform = (self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]).platform
     return jax.jit(functools.partial(_traced, self.mesh, fn, self.model), **jit_kwargs,
                    compiler_options=CPU_COMPILER_OPTIONS if platform == "cpu" else None)
+
+  def empty(self, batch: int, slots: int, seed: int = 0) -> State:
+    """`batch` idle (stopped) rows of `slots` free cache slots: continuous batching fills a row with
+    restart() and force() and frees it with restart() (llm_jax/inference/batching.py)."""
+    state = new_state(self.model, batch, _bucket(slots, self.slot_multiple), jax.random.PRNGKey(seed),
+                      self.cache_dtype)
+    state = state.replace(done=jnp.ones((batch,), bool))
+    return jax.device_put(state, self._state_sharding(state)) if self.mesh is not None else state
+
+  def restart(self, state: State, rows: Sequence[bool]) -> State:
+    """The rows where `rows` is True forget what they held and stand stopped (engine.restart)."""
+    # A copy: on CPU a jitted call may read a numpy argument after it returns, and callers reuse their masks.
+    return self._restart(state, np.array(rows, bool))
+
+  def compact(self, state: State) -> State:
+    """Frees the slots no row uses any more (engine.compact)."""
+    return self._compact(state)
 
   def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, seed: int = 0,
             extra_slots: int = 0) -> State:
