@@ -257,9 +257,16 @@ HOSTILE = [
     Hostile("subprocess_ls", 'import subprocess\n'
             'r = subprocess.run(["ls", "-a", "/", "/tmp", "$SENTINEL_DIR"], capture_output=True, text=True)\n'
             'print(r.stdout + r.stderr)', _no_host_root_entries),
-    Hostile("list_and_delete_home", 'import os, shutil\nhome = os.path.expanduser("~")\n'
+    # Deletes every entry of /root and of its home it can see, except the interpreter's own installation
+    # (sys.prefix, bound in read-only where the sandbox sees /root at all): walking its ~100k files to fail on
+    # each took longer than the time limit on a loaded CI machine; tamper_with_python attacks it instead.
+    Hostile("list_and_delete_home", 'import os, shutil, sys\nhome = os.path.expanduser("~")\n'
             'print(os.listdir(home), os.listdir("/root"))\n'
-            'shutil.rmtree("/root", ignore_errors=True)\nshutil.rmtree(home, ignore_errors=True)\n'
+            'for top in ("/root", home):\n'
+            '  for name in os.listdir(top):\n'
+            '    path = os.path.join(top, name)\n'
+            '    if not sys.prefix.startswith(path):\n'
+            '      shutil.rmtree(path, ignore_errors=True)\n'
             'os.remove("$SENTINEL")', _all(_no_host_home_entries, _has("FileNotFoundError"))),
     Hostile("dev_mem_and_disks", 'for p in ["/dev/mem", "/dev/kmem", "/dev/port", "/dev/sda", "/dev/vda", '
             '"/dev/nvme0n1", "/dev/kmsg"]:\n'
