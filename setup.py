@@ -11,6 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["llm_jax", "llm_jax.*"]),
+    package_data={"llm_jax": ["serve_page.html"]},  # the web chat page llm_jax.serve serves at /
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
@@ -37,7 +38,10 @@ setup(
         # The tests include HF logit parity; torch is pinned to the CPU build these machines carry. jax[tpu]
         # brings libtpu (the TPU compiler, ~700 MB) for the ahead-of-time compilation tests (llm_jax/aot.py); its
         # bound matches install_requires, and jax's tpu extra pins libtpu to the jax release that is installed.
+        # The serving tests drive the API with the openai client and the web page with selenium (through
+        # Debian's chromium and chromium-driver, which .ci/run installs).
         "dev": ["pytest>=8", "pytest-xdist", "matplotlib", "safetensors>=0.4", "tiktoken", "tokenizers",
-                "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7", "hypothesis", "pyarrow", "ray[data]>=2.40"],
+                "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7", "hypothesis", "pyarrow", "ray[data]>=2.40",
+                "openai>=1.40", "selenium>=4.20"],
     },
 )

@@ -2,11 +2,18 @@
 
     python -m llm_jax.bench decode --config configs/bench_cpu.py [--workdir runs/bench_cpu] [--peer hf]
     python -m llm_jax.bench dedup --config configs/tiny.py
+    python -m llm_jax.bench serve --workdir runs/sft_tiny [--requests 200] [--batch 8] [--max_waiting 64]
 
 dedup: MinHash signatures of up to 4 MB of data.source with config.clean's shingles and hash count, in one
 process: llm_jax/data/dedup.py's numpy implementation (numpy_mb_s) and, when installed, datasketch's
 MinHash.update_batch on the same shingles (datasketch_mb_s, ratio_numpy_vs_datasketch); *_jaccard_mae is
 each one's mean error estimating the Jaccard similarity of 50 documents and copies missing 5% of their words.
+
+serve: llm_jax.serve's HTTP server on a fine-tuned --workdir (in this process, on a free loopback port),
+--batch rows and --max_waiting queue places, hit by a warm-up of --batch requests and then --requests
+concurrent streaming requests of up to --new_tokens tokens each (greedy, the prompt --serve_prompt); prints
+serve.load_test's figures: answered, refused_429, failed, hung, p50/p99 latency and time to the first
+content, aggregate completion tokens/s.
 
 decode: the inference engine on the config's model shape, greedy, every figure the median of --repeats
 timed runs after a warm-up (compilation excluded), each run timing prefill + decode together:
@@ -58,6 +65,9 @@ _NOCACHE = flags.DEFINE_integer("nocache_tokens", 512, "New tokens for the cache
 _PREFILL = flags.DEFINE_integer("prefill_tokens", 512, "Prompt length for the prefill figure.")
 _VARIANTS = flags.DEFINE_list("variants", ["float32", "bfloat16", "int8", "int8_kv", "w8a8", "w8a8_kv"],
                               "Numerics to time (see `variant`).")
+_REQUESTS = flags.DEFINE_integer("requests", 200, "serve: concurrent requests.")
+_WAITING = flags.DEFINE_integer("max_waiting", 64, "serve: requests that may wait for a row (beyond: 429).")
+_SERVE_PROMPT = flags.DEFINE_string("serve_prompt", "What is 347 * 29?", "serve: the user message.")
 _BPB_ROWS = flags.DEFINE_integer("bpb_rows", 64, "Validation documents for bits per byte (--workdir).")
 
 
@@ -288,14 +298,41 @@ def bench_dedup(config, max_mb: float = 4.0) -> dict:
   return result
 
 
+def bench_serve(workdir: str) -> dict:
+  import threading  # pylint: disable=import-outside-toplevel
+
+  from llm_jax import serve  # pylint: disable=import-outside-toplevel
+  server = serve.Server(serve.build(workdir), "bench", port=0, rows=_BATCH.value, max_waiting=_WAITING.value,
+                        max_new_tokens=_NEW.value, request_timeout=600)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    _log(f"warm-up: {_BATCH.value} requests (compiles the engine's shapes)")
+    serve.load_test(server.url, "bench", _BATCH.value, _NEW.value, prompt=_SERVE_PROMPT.value)
+    _log(f"{_REQUESTS.value} concurrent requests")
+    result = serve.load_test(server.url, "bench", _REQUESTS.value, _NEW.value, prompt=_SERVE_PROMPT.value)
+    stats = server.batcher.stats
+    occupancy = stats.row_steps / max(1, stats.chunks * server.batcher.chunk * server.batcher.rows)
+  finally:
+    server.close()
+  return {"bench": "serve", "workdir": workdir, "device": jax.devices()[0].device_kind, "rows": _BATCH.value,
+          "max_waiting": _WAITING.value, "max_tokens": _NEW.value, **result,
+          "row_occupancy": round(occupancy, 3), "compactions": stats.compactions}
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("decode", "dedup"):
-    raise app.UsageError("usage: python -m llm_jax.bench {decode,dedup} --config configs/NAME.py [...]")
+  if len(argv) != 2 or argv[1] not in ("decode", "dedup", "serve"):
+    raise app.UsageError("usage: python -m llm_jax.bench {decode,dedup} --config configs/NAME.py [...] | "
+                         "serve --workdir DIR [...]")
+  logging.set_verbosity(logging.WARNING)  # checkpoint restore logs every step at INFO
+  if argv[1] == "serve":
+    if not _WORKDIR.value:
+      raise app.UsageError("serve needs --workdir (a fine-tuned run)")
+    print(json.dumps(bench_serve(_WORKDIR.value)), flush=True)
+    return
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required")
   config_lib.validate(config)
-  logging.set_verbosity(logging.WARNING)  # checkpoint restore logs every step at INFO
   print(json.dumps(bench_decode(config) if argv[1] == "decode" else bench_dedup(config)), flush=True)
 
 

@@ -1,11 +1,13 @@
 """The SFT stage end to end on micro models: fine-tuning from a pretrained workdir (full and LoRA), the chat
-CLI driven as a real process through a pseudo-terminal, with a tool call round trip, and GRPO, the reward
-model, PPO and DPO from the fine-tuned run."""
+CLI driven as a real process through a pseudo-terminal, with a tool call round trip, the HTTP server with one
+too, and GRPO, the reward model, PPO and DPO from the fine-tuned run."""
 
+import http.client
 import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -182,3 +184,27 @@ def test_chat_cli_streams_runs_a_tool_and_takes_commands(sft_workdir):
   finally:
     proc.kill()
     os.close(leader)
+
+
+def test_serve_cli_answers_over_http_with_a_tool_call(sft_workdir):
+  proc = subprocess.Popen([sys.executable, "-m", "llm_jax.serve", "--workdir", str(sft_workdir), "--port", "0",
+                           "--max_new_tokens", "24", "--rows", "2"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+  try:
+    banner = _read_until(proc.stdout.fileno(), "Ctrl-C stops", 120)
+    url = banner.split(" on ")[1].split(" ")[0]
+    host, port = url.removeprefix("http://").split(":")
+    body = {"model": os.path.basename(str(sft_workdir)), "messages": [{"role": "user", "content": "add"}],
+            "temperature": 0}
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 200, answer
+    # The model called the calculator, the server ran it and fed the result back, the model answered.
+    assert answer["choices"][0]["message"]["content"].startswith("[calculator: 2+3] -> 5"), answer
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+  finally:
+    proc.kill()

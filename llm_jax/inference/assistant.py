@@ -38,12 +38,13 @@ class Assistant:
     self.markers = chat.Markers.of(tokenizer)
     self.max_tool_calls, self.max_output_tokens = max_tool_calls, max_output_tokens
 
-  def _tool_output(self, call: dict) -> list[int]:
+  def tool_output(self, call: dict) -> list[int]:
+    """The tokens forced in after a call: <|tool_output_start|> the tool's text (cut) <|tool_output_end|>."""
     output = tools_lib.run_tool(call["tool"], call["input"], self.tools)
     ids = self.tokenizer.encode(output)[:self.max_output_tokens]
     return [self.markers.tool_output[0], *ids, self.markers.tool_output[1]]
 
-  def _finished_call(self, tokens: list[int]) -> dict | None:
+  def finished_call(self, tokens: list[int]) -> dict | None:
     """The tool call that `tokens` end with (closed by <|tool_call_end|>), or None; a stray end marker
     without its start is no call, and the turn ends there."""
     if not tokens or tokens[-1] != self.markers.tool_call[1]:
@@ -91,10 +92,10 @@ class Assistant:
           yield tokens
           continue
         pending = {r: call for r in rows if calls[r] < self.max_tool_calls and written[r] < max_new_tokens
-                   and (call := self._finished_call(tokens[r])) is not None}
+                   and (call := self.finished_call(tokens[r])) is not None}
         if not pending:
           break
-        outputs = dict(zip(pending, pool.map(self._tool_output, pending.values())))
+        outputs = dict(zip(pending, pool.map(self.tool_output, pending.values())))
         for r, ids in outputs.items():
           tokens[r] += ids
           calls[r] += 1
