@@ -19,9 +19,9 @@ the answer and are not supported (seed, logprobs, tools, response_format, penalt
 refused with 400 and the field's name, never ignored.
 
 Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}: 400 for a malformed body or a
-prompt longer than the context, 404 for an unknown model or path, 429 when --max_waiting requests already
-wait for a row (with Retry-After), 504 when a request outlives --request_timeout (a stream ends with an error
-event instead), 503 once the engine has failed.
+prompt over --max_prompt_tokens (code context_length_exceeded), 413 for a body over 4 MB, 404 for an unknown
+model or path, 429 when --max_waiting requests already wait for a row (with Retry-After), 504 when a request
+outlives --request_timeout (a stream ends with an error event instead), 503 once the engine has failed.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from llm_jax.inference.assistant import Assistant
 from llm_jax.inference.batching import Batcher, QueueFull
 from llm_jax.inference.engine import Sampling
 
+MAX_BODY_BYTES = 4 << 20  # a request body larger than this is refused with 413 unread
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
 # Fields a client may send that this server honours or that do not change the answer.
 _FIELDS = {"messages", "model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
@@ -79,10 +80,11 @@ class Server:
 
   def __init__(self, assistant: Assistant, model_name: str, *, host: str = "127.0.0.1", port: int = 8000,
                rows: int = 8, chunk: int = 8, max_waiting: int = 64, max_new_tokens: int = 512,
-               request_timeout: float = 120.0):
+               max_prompt_tokens: int | None = None, request_timeout: float = 120.0):
     self.assistant, self.tokenizer, self.model_name = assistant, assistant.tokenizer, model_name
     self.max_len = assistant.engine.model.cfg.max_seq_len
     self.max_new_tokens, self.request_timeout = max_new_tokens, request_timeout
+    self.max_prompt_tokens = min(max_prompt_tokens or self.max_len - 1, self.max_len - 1)
     self.batcher = Batcher(assistant, rows, chunk=chunk, max_waiting=max_waiting)
     self.created = int(time.time())
     with open(PAGE, encoding="utf-8") as f:
@@ -127,8 +129,9 @@ class Server:
       prompt = chat.render_for_completion(messages, self.tokenizer, self.assistant.markers)
     except chat.ConversationError as e:
       raise BadRequest(f"messages: {e}", "messages") from None
-    if len(prompt) >= self.max_len:
-      raise BadRequest(f"the messages take {len(prompt)} tokens; the model's context is {self.max_len} tokens",
+    if len(prompt) > self.max_prompt_tokens:
+      raise BadRequest(f"the messages take {len(prompt)} tokens; this server takes prompts of up to "
+                       f"{self.max_prompt_tokens} tokens (the model's context is {self.max_len})",
                        "messages", code="context_length_exceeded")
     room = min(self.max_new_tokens, self.max_len - len(prompt))
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -204,8 +207,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self._send(status, json.dumps(obj).encode(), headers=headers)
 
   def _error(self, e: BadRequest):
-    kind = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(e.status,
-                                                                                                   "server_error")
+    kind = "rate_limit_error" if e.status == 429 else "invalid_request_error" if e.status < 500 else "server_error"
     self._json(e.status, {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}},
                {"Retry-After": "1"} if e.status == 429 else None)
 
@@ -231,7 +233,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self._error(BadRequest(f"no such path: POST {self.path}", status=404))
       return
     try:
-      length = int(self.headers.get("Content-Length") or 0)
+      try:
+        length = int(self.headers.get("Content-Length") or 0)
+      except ValueError:
+        raise BadRequest(f"Content-Length {self.headers.get('Content-Length')!r} is not a number") from None
+      if length > MAX_BODY_BYTES:
+        self.close_connection = True  # the unread body stays in the socket
+        raise BadRequest(f"the body has {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)
       try:
         body = json.loads(self.rfile.read(length) or b"null")
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -387,6 +395,8 @@ def define_flags():
   flags.DEFINE_integer("chunk", 8, "Decode steps between slot boundaries (where requests join and leave).")
   flags.DEFINE_integer("max_waiting", 64, "Requests that may wait for a row; beyond: HTTP 429.")
   flags.DEFINE_integer("max_new_tokens", 512, "The most tokens a reply may have.")
+  flags.DEFINE_integer("max_prompt_tokens", None, "The most tokens a request's messages may take (default and "
+                       "upper bound: the model's context - 1).")
   flags.DEFINE_float("request_timeout", 120.0, "Seconds a request may take, waiting included.")
   flags.DEFINE_bool("no_tools", False, "Do not run tool calls (the model then writes their output).")
   flags.DEFINE_float("tool_timeout", 5.0, "Seconds per Python tool run.")
@@ -420,7 +430,8 @@ def main(argv):
   name = f.model_name or os.path.basename(os.path.normpath(f.workdir))
   try:
     server = Server(assistant, name, host=f.host, port=f.port, rows=f.rows, chunk=f.chunk, max_waiting=f.max_waiting,
-                    max_new_tokens=f.max_new_tokens, request_timeout=f.request_timeout)
+                    max_new_tokens=f.max_new_tokens, max_prompt_tokens=f.max_prompt_tokens,
+                    request_timeout=f.request_timeout)
   except OSError as e:
     sys.exit(f"error: cannot listen on {f.host}:{f.port}: {e}")
   print(f"llm_jax serving {name!r} on {server.url} (tools {'off' if f.no_tools else 'on'}); Ctrl-C stops", flush=True)

@@ -171,6 +171,12 @@ def test_stop_strings_limits_and_malformed_requests(server):
   assert error(400, long)["code"] == "context_length_exceeded"
   assert error(404, {**body, "model": "other"})["code"] == "model_not_found"
   conn = http.client.HTTPConnection(*server.httpd.server_address[:2], timeout=30)
+  conn.putrequest("POST", "/v1/chat/completions")
+  conn.putheader("Content-Length", str(64 << 20))  # refused before a byte of the body is read
+  conn.endheaders()
+  response = conn.getresponse()
+  assert response.status == 413 and "limit is" in json.loads(response.read())["error"]["message"]
+  conn = http.client.HTTPConnection(*server.httpd.server_address[:2], timeout=30)
   conn.request("GET", "/nowhere")
   assert conn.getresponse().status == 404
 
