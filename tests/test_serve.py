@@ -232,6 +232,10 @@ def test_web_page_streams_a_reply_in_headless_chromium(server):
     wait("const d = document.querySelector('.msg.assistant'); return d && d.dataset.done === 'true'")
     reply = browser.execute_script("const d = document.querySelector('.msg.assistant');"
                                    "return [d.textContent, d.dataset.chunks, d.dataset.finish, d.className]")
+    # Tool calls in a reply (as the server writes them) are set apart.
+    tools = browser.execute_script("const d = document.createElement('div');"
+                                   "render(d, 'Let me see. [calculator: 2+3] -> 5 It is 5.');"
+                                   "return [...d.querySelectorAll('.tool')].map(s => s.textContent)")
   finally:
     browser.quit()
   text, chunks, finish, css = reply
@@ -241,6 +245,7 @@ def test_web_page_streams_a_reply_in_headless_chromium(server):
                                  "temperature": 0})
   assert status == 200 and text == whole["choices"][0]["message"]["content"] and text
   assert int(chunks) > 1 and finish == whole["choices"][0]["finish_reason"]
+  assert tools == ["[calculator: 2+3] -> 5 "]
 
 
 def _until(condition, seconds: float):
