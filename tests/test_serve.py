@@ -61,9 +61,11 @@ def test_continuous_batching_matches_one_request_at_a_time(small_tokenizer):
     alone = assistant.engine.generate([_prompt(tok, question)], budget, stop_ids=[end])[0]
     assert request.tokens == alone, question
     assert request.finish_reason == ("stop" if alone[-1:] == [end] else "length")
-  # 6 requests through 2 rows: rows were reused and their leftover slots reclaimed, again and again.
+  # 6 requests through 2 rows: rows were reused and their leftover slots reclaimed. The requests take ~180
+  # slots (16-token prompt buckets + answers) of an 88-slot cache, so it was compacted at least twice, with
+  # rows mid-answer (a compaction that lost entries fails the comparison above).
   assert batcher.stats.finished["stop"] + batcher.stats.finished["length"] == 6
-  assert batcher.stats.compactions >= 3
+  assert batcher.stats.compactions >= 2
 
 
 def test_queue_bound_cancel_timeout_and_bad_requests(small_tokenizer):
