@@ -3,11 +3,19 @@
     python -m llm_jax.bench decode --config configs/bench_cpu.py [--workdir runs/bench_cpu] [--peer hf]
     python -m llm_jax.bench dedup --config configs/tiny.py
     python -m llm_jax.bench serve --workdir runs/sft_tiny [--requests 200] [--batch 8] [--max_waiting 64]
+    python -m llm_jax.bench attention --config configs/bench_cpu.py [--lengths 1024,4096,16384,65536]
 
 dedup: MinHash signatures of up to 4 MB of data.source with config.clean's shingles and hash count, in one
 process: llm_jax/data/dedup.py's numpy implementation (numpy_mb_s) and, when installed, datasketch's
 MinHash.update_batch on the same shingles (datasketch_mb_s, ratio_numpy_vs_datasketch); *_jaccard_mae is
 each one's mean error estimating the Jaccard similarity of 50 documents and copies missing 5% of their words.
+
+attention: one attention layer's forward + backward (the gradient of sum(out . w) w.r.t. q, k, v) at batch 1
+for each of --lengths, with the config's heads and head_dim, plain vs blockwise (model/blockwise.py, blocks
+of model.attention_block): XLA's temporary memory for the compiled program (memory_analysis, nothing run:
+plain_mb, blockwise_mb, ratio_mem) and, up to --time_max_length, the median time of --repeats runs
+(plain_ms, blockwise_ms), and the largest error of blockwise's loss and gradients against plain's
+(max_rel_err: relative to the largest entry of each).
 
 serve: llm_jax.serve's HTTP server on a fine-tuned --workdir (in this process, on a free loopback port),
 --batch rows and --max_waiting queue places, hit by a warm-up of --batch requests and then --requests
@@ -68,6 +76,8 @@ _VARIANTS = flags.DEFINE_list("variants", ["float32", "bfloat16", "int8", "int8_
 _REQUESTS = flags.DEFINE_integer("requests", 200, "serve: concurrent requests.")
 _WAITING = flags.DEFINE_integer("max_waiting", 64, "serve: requests that may wait for a row (beyond: 429).")
 _SERVE_PROMPT = flags.DEFINE_string("serve_prompt", "What is 347 * 29?", "serve: the user message.")
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "attention: sequence lengths.")
+_TIME_MAX = flags.DEFINE_integer("time_max_length", 4096, "attention: time runs up to this length.")
 _BPB_ROWS = flags.DEFINE_integer("bpb_rows", 64, "Validation documents for bits per byte (--workdir).")
 
 
@@ -298,6 +308,42 @@ def bench_dedup(config, max_mb: float = 4.0) -> dict:
   return result
 
 
+def bench_attention(config) -> dict:
+  from llm_jax.model import blockwise, layers  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.model_config(config)
+  kh, g, h = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, cfg.head_dim
+
+  def plain(q, k, v, seg):
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * h ** -0.5
+    logits = jnp.where(layers.attention_mask(seg), logits, jnp.finfo(jnp.float32).min)
+    return jnp.einsum("bkgts,bskh->btkgh", jax.nn.softmax(logits, axis=-1), v)
+
+  lean = lambda q, k, v, seg: blockwise.attention(q, k, v, seg, cfg.attention_block)
+  step = lambda fn: jax.jit(jax.value_and_grad(lambda q, k, v, w, seg: jnp.sum(fn(q, k, v, seg) * w),
+                                               argnums=(0, 1, 2)))
+  result = {"bench": "attention", "device": jax.devices()[0].device_kind, "heads": cfg.n_heads,
+            "kv_heads": kh, "head_dim": h, "block": cfg.attention_block}
+  for t in map(int, _LENGTHS.value):
+    keys = jax.random.split(jax.random.PRNGKey(t), 4)
+    args = (jax.random.normal(keys[0], (1, t, kh, g, h)), jax.random.normal(keys[1], (1, t, kh, h)),
+            jax.random.normal(keys[2], (1, t, kh, h)), jax.random.normal(keys[3], (1, t, kh, g, h)),
+            jnp.ones((1, t), jnp.int32))
+    outs = {}
+    for name, fn in (("plain", plain), ("blockwise", lean)):
+      compiled = step(fn).lower(*args).compile()
+      result[f"{name}_mb_{t}"] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
+      if t <= _TIME_MAX.value:
+        _log(f"timing {name} attention at {t} tokens")
+        result[f"{name}_ms_{t}"] = round(1e3 * _median_time(lambda c=compiled: jax.block_until_ready(c(*args)),
+                                                            _REPEATS.value), 1)
+        outs[name] = compiled(*args)
+    result[f"ratio_mem_{t}"] = round(result[f"plain_mb_{t}"] / max(result[f"blockwise_mb_{t}"], 1e-3), 1)
+    if outs:
+      result[f"max_rel_err_{t}"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)) for a, b in zip(
+          jax.tree_util.tree_leaves(outs["blockwise"]), jax.tree_util.tree_leaves(outs["plain"]))))
+  return result
+
+
 def bench_serve(workdir: str) -> dict:
   import threading  # pylint: disable=import-outside-toplevel
 
@@ -320,8 +366,8 @@ def bench_serve(workdir: str) -> dict:
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("decode", "dedup", "serve"):
-    raise app.UsageError("usage: python -m llm_jax.bench {decode,dedup} --config configs/NAME.py [...] | "
+  if len(argv) != 2 or argv[1] not in ("decode", "dedup", "attention", "serve"):
+    raise app.UsageError("usage: python -m llm_jax.bench {decode,dedup,attention} --config configs/NAME.py [...] | "
                          "serve --workdir DIR [...]")
   logging.set_verbosity(logging.WARNING)  # checkpoint restore logs every step at INFO
   if argv[1] == "serve":
@@ -333,7 +379,8 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required")
   config_lib.validate(config)
-  print(json.dumps(bench_decode(config) if argv[1] == "decode" else bench_dedup(config)), flush=True)
+  bench = {"decode": bench_decode, "dedup": bench_dedup, "attention": bench_attention}[argv[1]]
+  print(json.dumps(bench(config)), flush=True)
 
 
 if __name__ == "__main__":

@@ -136,11 +136,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Device mesh (llm_jax/sharding.py): batch rows over data x fsdp, parameters over fsdp (ZeRO-3 style),
   # heads / mlp / vocab over tensor, the layer stack over stage (pipeline parallelism, needs
-  # model.scan_layers). One axis may be -1: all devices not used by the others.
+  # model.scan_layers), every sequence's tokens over context. One axis may be -1: all devices not used by the
+  # others.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.stage = 1
   c.mesh.fsdp = 1
+  c.mesh.context = 1  # context parallelism: every sequence split along its length (attention gathers K/V)
   c.mesh.tensor = 1
   # Pipeline micro-batches per (grad-accumulation) micro-batch when mesh.stage > 1; the idle "bubble" is
   # (stage - 1) / (microbatches + stage - 1) of the step. -1: 2 x stage.
@@ -336,8 +338,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"must be divisible by train.grad_accum={t.grad_accum}")
   for key in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
     _check(t[key] > 0, f"train.{key}", t[key], "must be positive")
-  for key in ("data", "stage", "fsdp", "tensor"):
+  for key in ("data", "stage", "fsdp", "context", "tensor"):
     _check(c.mesh[key] == -1 or c.mesh[key] >= 1, f"mesh.{key}", c.mesh[key], "must be -1 or >= 1")
+  _check(c.mesh.context == 1 or c.mesh.stage == 1, "mesh.context", c.mesh.context,
+         "context parallelism does not combine with pipeline stages (mesh.stage > 1) yet")
   _check(c.mesh.microbatches == -1 or c.mesh.microbatches >= 1, "mesh.microbatches", c.mesh.microbatches,
          "must be -1 or >= 1")
   return c

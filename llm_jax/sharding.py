@@ -1,10 +1,13 @@
 """Device mesh and the one table that maps logical axis names onto it.
 
 Parameters and key activations are annotated with logical names (`batch, length, embed, heads, kv_heads,
-head_dim, mlp, vocab, layers`); `RULES` says which mesh axis (`data, stage, fsdp, tensor`) shards each. A
+head_dim, mlp, vocab, layers`); `RULES` says which mesh axis (`data, stage, fsdp, context, tensor`) shards each. A
 logical name missing from the table, or a mesh axis already used by an earlier dimension of the same
 array, means "replicated along that dimension" (flax drops the duplicate), so `batch -> (data, fsdp)` and
-`embed -> fsdp` coexist: parameters are sharded along fsdp on `embed`, activations along fsdp on `batch`.
+`embed -> (fsdp, context)` coexist: parameters are sharded along fsdp (and context) on `embed`, activations
+along fsdp on `batch`. `length -> context` splits every sequence over the context axis (context
+parallelism: attention gathers the keys and values, model/blockwise.py); its devices also share the
+parameters, as fsdp's do, since a long-context batch often has fewer rows than devices.
 
 The stacked layer parameters (`layers`, the leading axis of a scanned stack) are split over `stage`: with
 mesh.stage=S each pipeline stage holds a contiguous run of n_layers/S layers, and with S=1 the same
@@ -29,11 +32,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from llm_jax.config import ConfigError
 
-MESH_AXES = ("data", "stage", "fsdp", "tensor")
+MESH_AXES = ("data", "stage", "fsdp", "context", "tensor")
 RULES = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
+    ("length", "context"),
+    ("embed", ("fsdp", "context")),  # parameters ZeRO-3 over fsdp and context; activations' T takes context first
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
@@ -44,7 +47,8 @@ RULES = (
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-  """A (data, stage, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices; a missing one is 1."""
+  """A (data, stage, fsdp, context, tensor) mesh; one axis may be -1 to take the remaining devices; a missing
+  one is 1."""
   devices = jax.devices() if devices is None else devices
   sizes = [mesh_config[a] if a in mesh_config else 1 for a in MESH_AXES]
   known = int(np.prod([s for s in sizes if s != -1]))
@@ -107,8 +111,8 @@ def rows_to_global(batch: dict, rows: list[int], batch_size: int, mesh: Mesh) ->
   position = {r: i for i, r in enumerate(rows)}
 
   def assemble(local):
-    def shard(index):
-      return local[[position[r] for r in range(batch_size)[index[0]]]]
+    def shard(index):  # rows of this device's block; along T, its part of the sequence (mesh.context)
+      return local[[position[r] for r in range(batch_size)[index[0]]]][(slice(None),) + tuple(index[1:])]
     return jax.make_array_from_callback((batch_size,) + local.shape[1:], sharding, shard)
 
   return {k: assemble(v) for k, v in batch.items()}

@@ -34,6 +34,8 @@ MESHES = {  # name -> (mesh, grad_accum)
     "stage2_data2_tensor2": (dict(data=2, stage=2, tensor=2), 1),
     "stage4_fsdp2": (dict(data=1, stage=4, fsdp=2, microbatches=4), 1),
     "accum2_stage2_data4": (dict(data=4, stage=2, microbatches=1), 2),
+    # Each sequence split in 4 (model/blockwise.py: context_parallel); parameters over fsdp x context.
+    "context4_fsdp2": (dict(data=1, context=4, fsdp=2), 1),
 }
 
 

@@ -41,7 +41,7 @@ def micro(**mesh):
 def test_memory_and_mesh_of_the_compiled_step(devices):
   assert len(devices) == 4 and devices[0].device_kind == "TPU v5"
   r = aot.compile_train_step(micro(data=2, fsdp=1, tensor=2), TOPOLOGY, devices=devices)
-  assert r.mesh == {"data": 2, "stage": 1, "fsdp": 1, "tensor": 2}
+  assert r.mesh == {"data": 2, "stage": 1, "fsdp": 1, "context": 1, "tensor": 2}
   assert (r.chip, r.num_chips, r.num_devices, r.hbm_per_device) == ("v5p", 4, 4, 95 * aot.GiB)
   assert min(r.argument_bytes, r.output_bytes, r.temp_bytes, r.code_bytes) > 0
   assert 0 < r.total_bytes < r.hbm_per_device and r.fits
@@ -112,7 +112,7 @@ def test_pipeline_mesh_compiles_with_each_stage_holding_its_layers(devices):
   """stage=2 splits the layer stack: the per-device state shrinks by the layers' share, as with fsdp."""
   flat = aot.compile_train_step(micro(data=4), TOPOLOGY, devices=devices)
   piped = aot.compile_train_step(micro(data=2, stage=2, microbatches=2), TOPOLOGY, devices=devices)
-  assert piped.mesh == {"data": 2, "stage": 2, "fsdp": 1, "tensor": 1} and piped.fits
+  assert piped.mesh == {"data": 2, "stage": 2, "fsdp": 1, "context": 1, "tensor": 1} and piped.fits
   config = config_lib.model_config(micro())
   layer_bytes = 12 * (config.num_params() - 2 * config.vocab_size * config.d_model - config.d_model)
   assert piped.argument_bytes == pytest.approx(flat.argument_bytes - layer_bytes / 2, rel=0.01)
@@ -130,7 +130,7 @@ def test_cli_prints_lines_and_one_json_line():
   assert proc.returncode == 0, proc.stdout + proc.stderr
   lines = proc.stdout.strip().splitlines()
   report = json.loads(lines[-1])["aot"]
-  assert report["mesh"] == {"data": 1, "stage": 1, "fsdp": 4, "tensor": 1} and report["fits"]
+  assert report["mesh"] == {"data": 1, "stage": 1, "fsdp": 4, "context": 1, "tensor": 1} and report["fits"]
   assert report["total_bytes"] > 0 and report["xla_flops_per_device"] > 0 and report["config"] == MICRO
   assert any(line.strip().startswith("total") and "FITS" in line for line in lines)
   assert "Traceback" not in proc.stderr and "libtpu_lockfile" not in proc.stderr

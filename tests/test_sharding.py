@@ -42,19 +42,21 @@ def test_parameters_are_created_sharded_by_logical_axes():
       print("STEP", s.step.sharding.spec)
   """)
   out = _run([sys.executable, "-c", script], devices=8)
-  # q kernel [layers, embed, heads, head_dim]: layers over stage (size 1 here), embed over fsdp, heads over tensor.
-  assert "Q (2, 32, 4, 8) P('stage', 'fsdp', 'tensor', None) (2, 16, 2, 8)" in out
-  assert "MU P('stage', 'fsdp', 'tensor', None)" in out  # Adam moments follow their parameter
-  assert "EMBED P('tensor', 'fsdp')" in out
+  # q kernel [layers, embed, heads, head_dim]: layers over stage (size 1 here), embed over fsdp (and context,
+  # size 1 here), heads over tensor.
+  assert "Q (2, 32, 4, 8) P('stage', ('fsdp', 'context'), 'tensor', None) (2, 16, 2, 8)" in out
+  assert "MU P('stage', ('fsdp', 'context'), 'tensor', None)" in out  # Adam moments follow their parameter
+  assert "EMBED P('tensor', ('fsdp', 'context'))" in out
   assert "STEP P()" in out
 
 
 def test_every_mesh_trains_like_one_device():
-  """5 steps under data / fsdp / tensor / mixed / pipeline meshes (and grad accumulation) == 1 device."""
+  """5 steps under data / fsdp / tensor / context / mixed / pipeline meshes (and grad accumulation) == 1 device."""
   runs = json.loads(_run([sys.executable, os.path.join(ROOT, "tests", "mesh_losses.py")], devices=8))
   one = runs.pop("one_device")
   assert one["losses"][-1] < one["losses"][0] - 0.2  # it learns, so every update shows in later losses
-  assert runs["stage2_data2_tensor2"]["mesh"] == {"data": 2, "stage": 2, "fsdp": 1, "tensor": 2}
+  assert runs["stage2_data2_tensor2"]["mesh"] == {"data": 2, "stage": 2, "fsdp": 1, "context": 1, "tensor": 2}
+  assert runs["context4_fsdp2"]["mesh"]["context"] == 4
   assert runs["stage2_data2_tensor2"]["microbatches"] == 4  # the default: 2 x stages
   assert runs["tensor8"]["mesh"]["tensor"] == 8
   for name, run in runs.items():

@@ -4,7 +4,10 @@ The switches are the ones the seed walks through, so each can be ablated alone:
   positions      rope (theta; optional Llama-3 frequency scaling) | learned | sinusoidal | none
   norm           rmsnorm | layernorm (with bias), placed pre (GPT-2, Llama) or post (original Transformer)
   mlp            swiglu (Llama) | gelu (GPT-2, tanh approximation)
-  attention      MHA / GQA / MQA through n_kv_heads; biases on or off
+  attention      MHA / GQA / MQA through n_kv_heads; biases on or off; attention_impl plain (materialises
+                 the [T, T] scores) | blockwise (FlashAttention-2 in pure JAX, model/blockwise.py: memory
+                 O(T), blocks of attention_block tokens) for training and scoring; decoding is unaffected;
+                 with a `context` mesh axis (context parallelism) attention always runs blockwise
   embeddings     tied (GPT-2) or untied (Llama) output head
   layer_pattern  a string tiled over the depth: "A" attention block, "C" causal depthwise-conv mixer block
                  ("AC" alternates; the hybrid the seed looks ahead to)
@@ -26,6 +29,7 @@ MLPS = ("swiglu", "gelu")
 REMATS = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
 QUANTS = ("none", "int8", "w8a8")
+ATTENTION_IMPLS = ("plain", "blockwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,8 @@ class ModelConfig:
   norm_eps: float = 1e-5
   mlp: str = "swiglu"
   attn_bias: bool = False
+  attention_impl: str = "plain"
+  attention_block: int = 512
   mlp_bias: bool = False
   tie_embeddings: bool = False
   layer_pattern: str = "A"
@@ -72,6 +78,8 @@ class ModelConfig:
     check(self.remat in REMATS, "remat", f"one of {REMATS}")
     check(self.quant in QUANTS, "quant", f"one of {QUANTS}")
     check(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"one of {ROPE_SCALINGS}")
+    check(self.attention_impl in ATTENTION_IMPLS, "attention_impl", f"one of {ATTENTION_IMPLS}")
+    check(self.attention_block > 0, "attention_block", "positive")
     check(self.layer_pattern and set(self.layer_pattern) <= {"A", "C"}, "layer_pattern", "a string of 'A' and 'C'")
     check(self.n_layers % len(self.layer_pattern) == 0, "layer_pattern",
           f"a pattern whose length divides n_layers={self.n_layers}")

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llm_jax.model import quant
+from llm_jax.model import blockwise, quant
 from llm_jax.model.config import ModelConfig
 
 
@@ -193,6 +193,12 @@ class Attention(nn.Module):
     def proj(name, heads, axes):
       return Projection(c, (heads, c.head_dim), ("embed",) + axes, std, c.attn_bias, name=name)(x_BTD)
 
+    def output(out_BTKGH):  # the heads' outputs projected back to d_model
+      out_BTNH = nn.with_logical_constraint(out_BTKGH.reshape(b, t, c.n_heads, h),
+                                            ("batch", "length", "heads", "head_dim"))
+      return Projection(c, (c.d_model,), ("heads", "head_dim", "embed"), out_std, c.attn_bias, n_in=2,
+                        name="o")(out_BTNH)
+
     q_BTNH = proj("q", c.n_heads, ("heads", "head_dim"))
     k_BTKH = proj("k", c.n_kv_heads, ("kv_heads", "head_dim"))
     v_BTKH = proj("v", c.n_kv_heads, ("kv_heads", "head_dim"))
@@ -203,19 +209,16 @@ class Attention(nn.Module):
 
     b, t, _, h = q_BTNH.shape
     q_BTKGH = q_BTNH.reshape(b, t, c.n_kv_heads, c.n_heads // c.n_kv_heads, h)
+    if cache is None and blockwise.context_ways() > 1:  # the sequence is split over the mesh's context axis
+      return output(blockwise.context_parallel(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block))
+    if cache is None and c.attention_impl == "blockwise":
+      return output(blockwise.attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block))
     logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH, preferred_element_type=jnp.float32) * h ** -0.5
     logits_BKGTS = jnp.where(attention_mask(segment_ids_BT), logits_BKGTS, jnp.finfo(jnp.float32).min)
     if cache is None:
       probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
-      out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BTKH)
-    else:
-      out_BTKGH = self._with_cache(q_BTKGH, logits_BKGTS, v_BTKH, cache, valid_BS)
-    out_BTNH = nn.with_logical_constraint(out_BTKGH.reshape(b, t, c.n_heads, h),
-                                          ("batch", "length", "heads", "head_dim"))
-    out_BTD = Projection(c, (c.d_model,), ("heads", "head_dim", "embed"), out_std, c.attn_bias, n_in=2,
-                         name="o")(out_BTNH)
-    if cache is None:
-      return out_BTD
+      return output(jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BTKH))
+    out_BTD = output(self._with_cache(q_BTKGH, logits_BKGTS, v_BTKH, cache, valid_BS))
     return out_BTD, cache_entry(k_BTKH, v_BTKH, cache["k"].dtype)
 
   def _with_cache(self, q_BTKGH, new_logits_BKGTT, v_BTKH, cache, valid_BS):

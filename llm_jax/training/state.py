@@ -53,7 +53,7 @@ def pipeline_microbatches(config, mesh) -> int:
 
 
 def check_batch_fits_mesh(config, mesh):
-  """ConfigErrors for a batch that the mesh's batch axes or the pipeline cannot split evenly."""
+  """ConfigErrors for a batch that the mesh's batch axes, its context axis or the pipeline cannot split evenly."""
   microbatches = pipeline_microbatches(config, mesh)
   rows = config.data.batch_size // config.train.grad_accum
   if rows % microbatches:
@@ -65,6 +65,11 @@ def check_batch_fits_mesh(config, mesh):
         f"{rows // microbatches} rows per (pipeline) micro-batch (data.batch_size={config.data.batch_size}, "
         f"train.grad_accum={config.train.grad_accum}, mesh.microbatches={microbatches}) must divide over mesh "
         f"data x fsdp = {batch_ways} devices")
+  ways, seq, block = mesh.shape.get("context", 1), config.data.seq_len, config.model.attention_block
+  if ways > 1 and (seq % ways or (seq // ways > block and (seq // ways) % block)):
+    raise config_lib.ConfigError(
+        f"data.seq_len={seq} must split into mesh.context={ways} equal parts, each a multiple of "
+        f"model.attention_block={block} when longer than it")
 
 
 def check_model_fits_mesh(config, mesh, params_sharding, abstract_params):
