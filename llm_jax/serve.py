@@ -233,10 +233,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self._error(BadRequest(f"no such path: POST {self.path}", status=404))
       return
     try:
-      try:
-        length = int(self.headers.get("Content-Length") or 0)
-      except ValueError:
-        raise BadRequest(f"Content-Length {self.headers.get('Content-Length')!r} is not a number") from None
+      raw = self.headers.get("Content-Length") or "0"
+      if not raw.strip().isdigit():
+        self.close_connection = True  # where the body ends is unknown
+        raise BadRequest(f"Content-Length {raw!r} is not a byte count")
+      length = int(raw)
       if length > MAX_BODY_BYTES:
         self.close_connection = True  # the unread body stays in the socket
         raise BadRequest(f"the body has {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)

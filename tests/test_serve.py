@@ -179,6 +179,12 @@ def test_stop_strings_limits_and_malformed_requests(server):
   response = conn.getresponse()
   assert response.status == 413 and "limit is" in json.loads(response.read())["error"]["message"]
   conn = http.client.HTTPConnection(*server.httpd.server_address[:2], timeout=30)
+  conn.putrequest("POST", "/v1/chat/completions")
+  conn.putheader("Content-Length", "-5")  # would read to the end of the connection, i.e. hang
+  conn.endheaders()
+  response = conn.getresponse()
+  assert response.status == 400 and "byte count" in json.loads(response.read())["error"]["message"]
+  conn = http.client.HTTPConnection(*server.httpd.server_address[:2], timeout=30)
   conn.request("GET", "/nowhere")
   assert conn.getresponse().status == 404
 

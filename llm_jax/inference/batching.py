@@ -58,8 +58,6 @@ class Request:
     self.calls = 0
     self.finish_reason: str | None = None
     self.error: str | None = None
-    self.submitted = time.monotonic()
-    self.first_token: float | None = None  # monotonic time of the first written token
     self._updates: queue.Queue = queue.Queue()
     self._cancelled = False
 
@@ -255,8 +253,6 @@ class Batcher:
       request = self._row[row]
       room = min(request.max_new_tokens - request.written, self.max_len - len(request.prompt) - len(request.tokens))
       new = [int(t) for t in out[row] if t != NO_TOKEN][:room]
-      if new and request.first_token is None:
-        request.first_token = time.monotonic()
       request.tokens += new
       request.written += len(new)
       self.stats.tokens += len(new)
