@@ -82,9 +82,11 @@ def test_meshes_that_do_not_fit_fail_naming_the_keys():
   script = textwrap.dedent(f"""
       from llm_jax import config as config_lib, sharding
       from llm_jax.training import state
-      def attempt(**mesh):
+      def attempt(model=None, **mesh):
         config = config_lib.load_file({MICRO!r})
         config.data.batch_size = 8
+        for k, v in (model or {{}}).items():
+          config.model[k] = v
         for k, v in mesh.items():
           config.mesh[k] = v
         try:
@@ -98,6 +100,7 @@ def test_meshes_that_do_not_fit_fail_naming_the_keys():
       attempt(data=2, stage=4)              # 2 layers, 4 stages
       attempt(data=4, stage=2)              # 8 rows / 4 micro-batches = 2 rows over 4 data devices
       attempt(data=1, stage=2, fsdp=4, microbatches=3)
+      attempt(dict(attention_block=3), data=2, context=4)  # 32 tokens: parts of 8, not blocks of 3
   """)
   out = _run([sys.executable, "-c", script], devices=8).splitlines()
   assert out[0].startswith("ERROR parameter layers/block_0/attn/k/kernel (2, 32, 2, 8): dimension 2 of size 2 "
@@ -105,6 +108,7 @@ def test_meshes_that_do_not_fit_fail_naming_the_keys():
   assert "mesh.stage=4 must divide the 2 repeats of model.layer_pattern='A'" in out[1]
   assert "2 rows per (pipeline) micro-batch" in out[2] and "data x fsdp = 4 devices" in out[2]
   assert "must divide into mesh.microbatches=3" in out[3]
+  assert "data.seq_len=32 must split into mesh.context=4 equal parts" in out[4], out[4]
 
 
 def test_restore_onto_a_different_mesh_gives_identical_state(tmp_path):
