@@ -348,7 +348,8 @@ def bench_serve(workdir: str) -> dict:
   import threading  # pylint: disable=import-outside-toplevel
 
   from llm_jax import serve  # pylint: disable=import-outside-toplevel
-  server = serve.Server(serve.build(workdir), "bench", port=0, rows=_BATCH.value, max_waiting=_WAITING.value,
+  from llm_jax.inference.assistant import Assistant  # pylint: disable=import-outside-toplevel
+  server = serve.Server(Assistant.from_workdir(workdir), "bench", port=0, rows=_BATCH.value, max_waiting=_WAITING.value,
                         max_new_tokens=_NEW.value, request_timeout=600)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:

@@ -14,14 +14,11 @@ import sys
 
 from absl import app, flags, logging
 
-import llm_jax
-from llm_jax import config as config_lib
 from llm_jax.data import chat
 from llm_jax.eval.tasks import show
 from llm_jax.inference import tools as tools_lib
 from llm_jax.inference.assistant import Assistant
-from llm_jax.inference.engine import Engine, Sampling
-from llm_jax.model import Transformer
+from llm_jax.inference.engine import Sampling
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned (stage sft) workdir.", required=True)
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
@@ -51,12 +48,11 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
-    config, params, tok = llm_jax.load(_WORKDIR.value)
-    model = Transformer(config_lib.model_config(config))
     tools = None if _NO_TOOLS.value else tools_lib.with_timeout(_TOOL_TIMEOUT.value)
-    assistant = Assistant(Engine(model, params), tok, tools)
+    assistant = Assistant.from_workdir(_WORKDIR.value, tools)
   except (FileNotFoundError, KeyError, ValueError) as e:  # not a workdir, or a tokenizer without chat tokens
     sys.exit(f"error: --workdir={_WORKDIR.value}: {e}")
+  tok, model = assistant.tokenizer, assistant.engine.model
   sampling = Sampling(_TEMPERATURE.value, top_p=_TOP_P.value)
   start = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
   history = list(start)

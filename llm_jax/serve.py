@@ -39,6 +39,7 @@ from absl import app, flags, logging
 
 from llm_jax.data import chat
 from llm_jax.eval.tasks import show
+from llm_jax.inference import tools as tools_lib
 from llm_jax.inference.assistant import Assistant
 from llm_jax.inference.batching import Batcher, QueueFull
 from llm_jax.inference.engine import Sampling
@@ -403,19 +404,6 @@ def define_flags():
   flags.DEFINE_float("tool_timeout", 5.0, "Seconds per Python tool run.")
 
 
-def build(workdir: str, *, no_tools: bool = False, tool_timeout: float = 5.0) -> Assistant:
-  """The Assistant (engine, tokenizer, tools) of a workdir, as `llm_jax.chat` builds it."""
-  import llm_jax  # pylint: disable=import-outside-toplevel
-  from llm_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from llm_jax.inference import tools as tools_lib  # pylint: disable=import-outside-toplevel
-  from llm_jax.inference.engine import Engine  # pylint: disable=import-outside-toplevel
-  from llm_jax.model import Transformer  # pylint: disable=import-outside-toplevel
-
-  config, params, tok = llm_jax.load(workdir)
-  model = Transformer(config_lib.model_config(config))
-  return Assistant(Engine(model, params), tok, None if no_tools else tools_lib.with_timeout(tool_timeout))
-
-
 def main(argv):
   f = flags.FLAGS
   if len(argv) > 1:
@@ -425,7 +413,7 @@ def main(argv):
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    assistant = build(f.workdir, no_tools=f.no_tools, tool_timeout=f.tool_timeout)
+    assistant = Assistant.from_workdir(f.workdir, None if f.no_tools else tools_lib.with_timeout(f.tool_timeout))
   except (FileNotFoundError, KeyError, ValueError) as e:
     sys.exit(f"error: --workdir={f.workdir}: {e}")
   name = f.model_name or os.path.basename(os.path.normpath(f.workdir))

@@ -38,6 +38,18 @@ class Assistant:
     self.markers = chat.Markers.of(tokenizer)
     self.max_tool_calls, self.max_output_tokens = max_tool_calls, max_output_tokens
 
+  @classmethod
+  def from_workdir(cls, workdir: str, tools: Mapping[str, Callable[[str], str]] | None = tools_lib.TOOLS,
+                   **kwargs) -> "Assistant":
+    """The assistant of a fine-tuned workdir (llm_jax.load: its weights and tokenizer), as the chat CLI and
+    the server run it. FileNotFoundError / ValueError / KeyError for a path that is no such workdir."""
+    import llm_jax  # pylint: disable=import-outside-toplevel (the package's loader, at call time)
+    from llm_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    from llm_jax.model import Transformer  # pylint: disable=import-outside-toplevel
+
+    config, params, tok = llm_jax.load(workdir)
+    return cls(Engine(Transformer(config_lib.model_config(config)), params), tok, tools, **kwargs)
+
   def tool_output(self, call: dict) -> list[int]:
     """The tokens forced in after a call: <|tool_output_start|> the tool's text (cut) <|tool_output_end|>."""
     output = tools_lib.run_tool(call["tool"], call["input"], self.tools)
