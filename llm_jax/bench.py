@@ -313,11 +313,7 @@ def bench_attention(config) -> dict:
   cfg = config_lib.model_config(config)
   kh, g, h = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, cfg.head_dim
 
-  def plain(q, k, v, seg):
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * h ** -0.5
-    logits = jnp.where(layers.attention_mask(seg), logits, jnp.finfo(jnp.float32).min)
-    return jnp.einsum("bkgts,bskh->btkgh", jax.nn.softmax(logits, axis=-1), v)
-
+  plain = layers.plain_attention
   lean = lambda q, k, v, seg: blockwise.attention(q, k, v, seg, cfg.attention_block)
   step = lambda fn: jax.jit(jax.value_and_grad(lambda q, k, v, w, seg: jnp.sum(fn(q, k, v, seg) * w),
                                                argnums=(0, 1, 2)))

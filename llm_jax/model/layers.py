@@ -157,6 +157,20 @@ def attention_mask(segment_ids_BT):
   return (causal_TS[None] & same_BTS)[:, None, None]
 
 
+def attention_logits(q_BTKGH, k_BTKH, segment_ids_BT):
+  """Scaled q.k scores [B, K, G, T, S] in float32, masked (attention_mask) with float32's minimum."""
+  logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH, preferred_element_type=jnp.float32)
+  logits_BKGTS = logits_BKGTS * q_BTKGH.shape[-1] ** -0.5
+  return jnp.where(attention_mask(segment_ids_BT), logits_BKGTS, jnp.finfo(jnp.float32).min)
+
+
+def plain_attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT):
+  """Attention that materialises the [T, T] scores ([B, T, K, G, H] out, in v's dtype); model/blockwise.py
+  computes the same without them."""
+  probs_BKGTS = jax.nn.softmax(attention_logits(q_BTKGH, k_BTKH, segment_ids_BT), axis=-1)
+  return jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(v_BTKH.dtype), v_BTKH)
+
+
 # Cache layouts, chosen so decoding reads the cache with plain batched matmuls over (B, K) and writes new
 # slots with one dynamic_update_slice: keys [B, K, H, S] (q.k contracts H), values [B, K, S, H] (p.v
 # contracts S), int8 scales [B, K, S]. SLOT_AXIS is where each cache array keeps its slots.
@@ -187,7 +201,6 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, valid_BS=None):
     c = self.cfg
-    dtype = jnp.dtype(c.dtype)
     std, out_std = c.d_model ** -0.5, (c.n_heads * c.head_dim) ** -0.5 / (2 * c.n_layers) ** 0.5
 
     def proj(name, heads, axes):
@@ -213,12 +226,10 @@ class Attention(nn.Module):
       return output(blockwise.context_parallel(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block))
     if cache is None and c.attention_impl == "blockwise":
       return output(blockwise.attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block))
-    logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH, preferred_element_type=jnp.float32) * h ** -0.5
-    logits_BKGTS = jnp.where(attention_mask(segment_ids_BT), logits_BKGTS, jnp.finfo(jnp.float32).min)
     if cache is None:
-      probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
-      return output(jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BTKH))
-    out_BTD = output(self._with_cache(q_BTKGH, logits_BKGTS, v_BTKH, cache, valid_BS))
+      return output(plain_attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT))
+    out_BTD = output(self._with_cache(q_BTKGH, attention_logits(q_BTKGH, k_BTKH, segment_ids_BT), v_BTKH, cache,
+                                      valid_BS))
     return out_BTD, cache_entry(k_BTKH, v_BTKH, cache["k"].dtype)
 
   def _with_cache(self, q_BTKGH, new_logits_BKGTT, v_BTKH, cache, valid_BS):
