@@ -228,11 +228,12 @@ class Batcher:
     if self._restart.any():
       self._state = self.engine.restart(self._state, self._restart)
       self._restart[:] = False
+    # Room for what is forced and one decode chunk after it; a full cache would stop every row.
+    need = self.chunk + (_bucket(max(map(len, forced.values())), self.engine.prompt_multiple) if forced else 0)
+    if int(self._state.cache["index"]) + need >= self.slots:
+      self._state = self.engine.compact(self._state)
+      self.stats.compactions += 1
     if forced:
-      need = _bucket(max(map(len, forced.values())), self.engine.prompt_multiple) + self.chunk
-      if int(self._state.cache["index"]) + need >= self.slots:  # a full cache would stop every row
-        self._state = self.engine.compact(self._state)
-        self.stats.compactions += 1
       self._state = self.engine.force(self._state, [forced.get(row, []) for row in range(self.rows)])
 
     decoding = [row for row, r in enumerate(self._row) if r is not None and row not in self._tools]
@@ -241,9 +242,6 @@ class Batcher:
         concurrent.futures.wait(list(self._tools.values()), timeout=0.05,
                                 return_when=concurrent.futures.FIRST_COMPLETED)
       return
-    if int(self._state.cache["index"]) + self.chunk >= self.slots:
-      self._state = self.engine.compact(self._state)
-      self.stats.compactions += 1
     self._state, out = self.engine.decode(self._state, self.chunk, self._sampling(), self._stop_ids)
     done = np.asarray(self._state.done)
     self.stats.chunks += 1
