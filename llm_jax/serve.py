@@ -162,21 +162,35 @@ class Server:
       raise BadRequest(str(e), status=503) from None
 
   def replies(self, request, stop: list[str]):
-    """(text so far, final) pairs of the reply as the batcher writes it: tool calls appear once their output
-    is in, stop strings cut the reply (and cancel the request)."""
-    text, parts = "", []
+    """The reply's text so far, as the batcher writes it, the last one whole: tool calls appear once their
+    output is in, stop strings cut the reply (and cancel the request). An engine that makes no progress ends
+    the request with finish_reason "error"."""
+    parts = []
     hold = max(map(len, stop), default=1) - 1  # an unfinished stop string may be hiding at the end
-    for tokens in request.updates(timeout=self.request_timeout + 30):
-      parts = chat.parse_assistant(tokens, self.tokenizer, self.assistant.markers)
-      shown = parts[:-1] if parts and parts[-1]["type"] == "tool_call" else parts  # a call still running
-      text = show(shown).rstrip("\ufffd")  # a character whose bytes are not all out yet
-      cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-      if cut >= 0:
-        request.cancel()
-        yield text[:cut], True
-        return
-      yield text[:len(text) - hold] if hold else text, False
-    yield show(parts), True
+    try:
+      for tokens in request.updates(timeout=self.request_timeout + 30):
+        parts = chat.parse_assistant(tokens, self.tokenizer, self.assistant.markers)
+        shown = parts[:-1] if parts and parts[-1]["type"] == "tool_call" else parts  # a call still running
+        text = show(shown).rstrip("\ufffd")  # a character whose bytes are not all out yet
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+          request.cancel()
+          yield text[:cut]
+          return
+        yield text[:len(text) - hold] if hold else text
+    except TimeoutError as e:
+      request.cancel()
+      request._finish("error", f"the engine made no progress: {e}")  # pylint: disable=protected-access
+      return
+    yield show(parts)
+
+  def failure(self, request) -> tuple[int, str] | None:
+    """(HTTP status, message) of a request that timed out or whose engine failed, else None."""
+    if request.finish_reason == "timeout":
+      return 504, f"the request took longer than {self.request_timeout} s"
+    if request.finish_reason == "error":
+      return 503, f"the engine failed: {request.error}"
+    return None
 
 
 def _finish_reason(request) -> str:
@@ -263,18 +277,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def _complete(self, request, req, head):
     text = ""
-    try:
-      for text, _ in self.server_.replies(request, req["stop"]):
-        pass
-    except TimeoutError as e:
-      request.cancel()
-      self._error(BadRequest(f"the engine made no progress: {e}", status=503))
-      return
-    if request.finish_reason in ("timeout", "error"):
-      status = 504 if request.finish_reason == "timeout" else 503
-      message = (f"the request took longer than {self.server_.request_timeout} s" if status == 504
-                 else f"the engine failed: {request.error}")
-      self._error(BadRequest(message, status=status))
+    for text in self.server_.replies(request, req["stop"]):
+      pass
+    failure = self.server_.failure(request)
+    if failure:
+      self._error(BadRequest(failure[1], status=failure[0]))
       return
     self._json(200, {**head, "object": "chat.completion",
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -300,18 +307,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     try:
       chunk({"role": "assistant", "content": ""})
       sent = ""
-      try:
-        for text, _ in self.server_.replies(request, req["stop"]):
-          if text.startswith(sent) and len(text) > len(sent):
-            chunk({"content": text[len(sent):]})
-            sent = text
-      except TimeoutError as e:
-        request.cancel()
-        request._finish("error", f"the engine made no progress: {e}")
-      if request.finish_reason in ("timeout", "error"):
-        message = (f"the request took longer than {self.server_.request_timeout} s"
-                   if request.finish_reason == "timeout" else f"the engine failed: {request.error}")
-        event({"error": {"message": message, "type": "server_error", "param": None, "code": request.finish_reason}})
+      for text in self.server_.replies(request, req["stop"]):
+        if text.startswith(sent) and len(text) > len(sent):
+          chunk({"content": text[len(sent):]})
+          sent = text
+      failure = self.server_.failure(request)
+      if failure:
+        event({"error": {"message": failure[1], "type": "server_error", "param": None,
+                         "code": request.finish_reason}})
       else:
         chunk({}, _finish_reason(request))
         if req["usage"]:
