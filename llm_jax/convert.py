@@ -11,9 +11,10 @@
 Training starts from Hugging Face weights with `--config.init_from=HF_DIR` (train.init_params calls from_hf).
 
 from_hf reads config.json and model.safetensors, or model.safetensors.index.json and its shards, with the
-`safetensors` package (numpy; no torch). Supported: LlamaForCausalLM (rope theta, Llama-3 rope scaling in
-both config forms found in the wild: `rope_theta` + `rope_scaling` as published Llama 3.1 files have it, and
-transformers 5's `rope_parameters`) and GPT2LMHeadModel. Its params are exactly the tree that
+`safetensors` package (numpy; no torch). Supported: LlamaForCausalLM (rope theta; rope scaling of type
+linear, yarn or llama3, in both config forms found in the wild: `rope_theta` + `rope_scaling` as published
+Llama 3.1 files have it, and transformers 5's `rope_parameters`; our "ntk" scaling is written as the larger
+theta it amounts to) and GPT2LMHeadModel. Its params are exactly the tree that
 `Transformer(cfg).init` makes with scan_layers=True (layers stacked on a leading axis under
 `layers/block_0`), as numpy arrays cast to `dtype` (float32, the default param_dtype; None keeps the file's
 dtype, e.g. bfloat16). Every tensor of the file must be used, so an unknown variant fails instead of
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -135,14 +137,27 @@ def _llama_config(hf: dict, path: str) -> ModelConfig:
   # transformers 5 writes rope_parameters (theta inside); older files: rope_theta + rope_scaling ("type" before 4.45).
   rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
   rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type not in ("default", "llama3"):
-    raise ValueError(f"{path}: rope type {rope_type!r} is not supported; supported: 'default', 'llama3'")
+  supported = ("default", "linear", "yarn", "llama3")
+  if rope_type not in supported:
+    raise ValueError(f"{path}: rope type {rope_type!r} is not supported; supported: {', '.join(supported)}")
   scaling = {}
+  if rope_type != "default":
+    scaling = dict(rope_scaling=rope_type, rope_scaling_factor=float(rope["factor"]))
+  if rope_type in ("yarn", "llama3"):
+    scaling["rope_original_max_len"] = int(rope.get("original_max_position_embeddings")
+                                           or hf.get("max_position_embeddings", 2048))
   if rope_type == "llama3":
-    scaling = dict(rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
-                   rope_low_freq_factor=float(rope["low_freq_factor"]),
-                   rope_high_freq_factor=float(rope["high_freq_factor"]),
-                   rope_original_max_len=int(rope["original_max_position_embeddings"]))
+    scaling.update(rope_low_freq_factor=float(rope["low_freq_factor"]),
+                   rope_high_freq_factor=float(rope["high_freq_factor"]))
+  if rope_type == "yarn":
+    if rope.get("truncate") is False:
+      raise ValueError(f"{path}: YaRN with truncate=false is not supported")
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):
+      mscale = lambda m: 0.1 * m * math.log(scaling["rope_scaling_factor"]) + 1.0
+      attention_factor = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+    scaling.update(rope_yarn_beta_fast=float(rope.get("beta_fast") or 32), rope_yarn_beta_slow=float(
+        rope.get("beta_slow") or 1), rope_attention_factor=float(attention_factor or 0.0))
   n_heads = hf["num_attention_heads"]
   return ModelConfig(
       vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=n_heads,
@@ -208,14 +223,22 @@ def _hf_config(c: ModelConfig, arch: str, dtype: str, tokenizer) -> dict:
             "n_positions": c.max_seq_len, "reorder_and_upcast_attn": False, "scale_attn_by_inverse_layer_idx": False,
             "scale_attn_weights": True, "summary_activation": None, "summary_first_dropout": 0.1,
             "summary_proj_to_labels": True, "summary_type": "cls_index", "summary_use_proj": True}
-  rope = {"rope_type": "default"}
+  rope, theta = {"rope_type": "default"}, c.rope_theta
+  if c.rope_scaling == "ntk":  # static NTK-aware scaling is a larger theta
+    theta = c.rope_theta * c.rope_scaling_factor ** (c.head_dim / (c.head_dim - 2))
+  elif c.rope_scaling != "none":
+    rope = {"rope_type": c.rope_scaling, "factor": c.rope_scaling_factor}
+  if c.rope_scaling in ("yarn", "llama3"):
+    rope["original_max_position_embeddings"] = c.rope_original_max_len
   if c.rope_scaling == "llama3":
-    rope = {"rope_type": "llama3", "factor": c.rope_scaling_factor, "low_freq_factor": c.rope_low_freq_factor,
-            "high_freq_factor": c.rope_high_freq_factor, "original_max_position_embeddings": c.rope_original_max_len}
+    rope.update(low_freq_factor=c.rope_low_freq_factor, high_freq_factor=c.rope_high_freq_factor)
+  if c.rope_scaling == "yarn":
+    rope.update(beta_fast=c.rope_yarn_beta_fast, beta_slow=c.rope_yarn_beta_slow,
+                **({"attention_factor": c.rope_attention_factor} if c.rope_attention_factor else {}))
   if v5:
-    rope_fields = {"rope_parameters": {**rope, "rope_theta": c.rope_theta}}
+    rope_fields = {"rope_parameters": {**rope, "rope_theta": theta}}
   else:
-    rope_fields = {"rope_theta": c.rope_theta, "rope_scaling": None if c.rope_scaling == "none" else rope}
+    rope_fields = {"rope_theta": theta, "rope_scaling": None if rope["rope_type"] == "default" else rope}
   return {**common, "model_type": "llama", "attention_bias": c.attn_bias, "attention_dropout": 0.0,
           "head_dim": c.head_dim, "hidden_act": "silu", "hidden_size": c.d_model, "intermediate_size": c.d_ff,
           "max_position_embeddings": c.max_seq_len, "mlp_bias": c.mlp_bias, "num_attention_heads": c.n_heads,

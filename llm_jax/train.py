@@ -142,16 +142,21 @@ def _build_tokenizer(directory: str, config, train_docs: list[dict]) -> tokenize
   return tok
 
 
-# ModelConfig fields that may differ from the source's in init_from: numerics and memory, not the function.
-_FREE_FIELDS = ("dtype", "param_dtype", "remat", "max_seq_len")
+# ModelConfig fields that may differ from the source's in init_from: numerics, memory and the attention
+# kernel, not the function; and RoPE's, which continued pretraining at a longer length changes on purpose
+# (context extension, README "Long context"): the run prints what changed.
+_FREE_FIELDS = ("dtype", "param_dtype", "remat", "max_seq_len", "attention_impl", "attention_block")
+_ROPE_FIELDS = ("rope_theta", "rope_scaling", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                "rope_original_max_len", "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_attention_factor")
 
 
 def init_params(source: str, setup: state_lib.Setup):
   """Parameters from an llm_jax workdir (a LoRA run's merged into its base) or a Hugging Face model directory.
 
-  Every field of this run's ModelConfig that defines the function (shapes, positions, RoPE scaling, norms,
-  eps ...) must equal the source's, so a run cannot silently change the model it starts from; the check
-  reads only config files, before any weight is loaded.
+  Every field of this run's ModelConfig that defines the function (shapes, positions, norms, eps ...) must
+  equal the source's, so a run cannot silently change the model it starts from; RoPE's theta and scaling may
+  change (context extension) and are printed when they do. The check reads only config files, before any
+  weight is loaded.
   """
   ours, saved = setup.model_config, {}
   if os.path.isdir(os.path.join(source, "checkpoints")):
@@ -162,6 +167,11 @@ def init_params(source: str, setup: state_lib.Setup):
     from llm_jax import convert  # pylint: disable=import-outside-toplevel
     theirs, _ = convert.read_config(source)
   free = set(_FREE_FIELDS) - ({"max_seq_len"} if ours.positions == "learned" else set())  # a table has a length
+  extended = [f"{f} {getattr(theirs, f)!r} -> {getattr(ours, f)!r}" for f in _ROPE_FIELDS
+              if ours.positions == "rope" and getattr(theirs, f) != getattr(ours, f)]
+  if extended:
+    free |= set(_ROPE_FIELDS)
+    _print(f"init_from: RoPE changed from {source}'s (context extension): " + ", ".join(extended))
   mismatched = [f"model.{f.name}: {source} has {getattr(theirs, f.name)!r}, this config {getattr(ours, f.name)!r}"
                 for f in dataclasses.fields(ours) if f.name not in free | {"scan_layers"}  # checked below
                 and getattr(theirs, f.name) != getattr(ours, f.name)]

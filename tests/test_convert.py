@@ -1,6 +1,7 @@
-"""Hugging Face interop: fp32 logit parity with transformers (max abs difference <= 1e-4) for Llama (Llama-3
-rope scaling, GQA) and GPT-2, both Llama config.json forms, sharded and bf16 files, to_hf round trips, the
-convert CLI, and a training run started with init_from a Hugging Face directory.
+"""Hugging Face interop: fp32 logit parity with transformers (max abs difference <= 1e-4) for Llama (GQA; rope
+scaling llama3, linear, yarn, and ntk as the theta it amounts to) and GPT-2, both Llama config.json forms,
+sharded and bf16 files, to_hf round trips, the convert CLI, and a training run started with init_from a
+Hugging Face directory.
 
 Every model is built here with random weights (no downloads); torch and transformers are required ([hf]).
 """
@@ -120,6 +121,41 @@ def test_llama_logits_match_transformers(llama, ids):
   assert np.abs(_our_logits(cfg.replace(rope_scaling="none"), params, ids) - ours).max() > 100 * TOL
 
 
+# head_dim 16, theta 1e4 and an original length of 512 put YaRN's ramp over pairs 0..4 of 8: kept, blended and
+# interpolated frequencies all occur.
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
+    {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 512, "beta_fast": 16.0, "beta_slow": 2.0,
+     "attention_factor": 1.3}], ids=["linear", "yarn", "yarn-custom"])
+def test_rope_scalings_match_transformers(rope, ids, tmp_path):
+  fields = {**LLAMA, "rope_parameters": {**rope, "rope_theta": 10000.0}}
+  model = _hf_model(transformers.LlamaForCausalLM, transformers.LlamaConfig, fields, seed=3)
+  model.save_pretrained(tmp_path)
+  cfg, params = convert.from_hf(str(tmp_path))
+  assert cfg.rope_scaling == rope["rope_type"] and cfg.rope_scaling_factor == rope["factor"]
+  ours = _our_logits(cfg, params, ids)
+  assert _max_diff(_torch_logits(model, ids), ours, f"{rope['rope_type']} rope") <= TOL
+  assert np.abs(_our_logits(cfg.replace(rope_scaling="none"), params, ids) - ours).max() > 100 * TOL
+  convert.to_hf(cfg, params, str(tmp_path / "back"))
+  assert convert.from_hf(str(tmp_path / "back"))[0] == cfg
+
+
+def test_ntk_scaling_is_written_as_the_theta_it_amounts_to(llama, ids, tmp_path):
+  """Static NTK-aware scaling = theta x factor^(H / (H - 2)): to_hf writes that theta, and transformers' logits
+  of the written model equal ours."""
+  cfg = convert.from_hf(llama[1])[0].replace(rope_scaling="ntk", rope_theta=1e4, rope_scaling_factor=4.0)
+  params = _noisy_init(cfg, seed=4)
+  convert.to_hf(cfg, params, str(tmp_path / "hf"))
+  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager",
+                                                            dtype=torch.float32).eval()
+  ours = _our_logits(cfg, params, ids)
+  assert _max_diff(_torch_logits(model, ids), ours, "ntk to_hf -> transformers") <= TOL
+  assert np.abs(_our_logits(cfg.replace(rope_scaling="none"), params, ids) - ours).max() > 100 * TOL
+  back = convert.from_hf(str(tmp_path / "hf"))[0]
+  assert (back.rope_scaling, back.rope_theta) == ("none", pytest.approx(1e4 * 4.0 ** (16 / 14), rel=1e-12))
+
+
 def test_llama_older_config_forms_read_the_same(llama, tmp_path):
   _, path = llama
   cfg, _ = convert.from_hf(path)
@@ -136,9 +172,9 @@ def test_llama_older_config_forms_read_the_same(llama, tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({**current, "rope_theta": theta, "rope_scaling": None}))
   unscaled = convert.from_hf(str(tmp_path))[0]
   assert (unscaled.rope_scaling, unscaled.rope_theta) == ("none", theta)
-  yarn = {"rope_type": "yarn", "factor": 4.0}
-  (tmp_path / "config.json").write_text(json.dumps({**current, "rope_parameters": yarn}))
-  with pytest.raises(ValueError, match="'yarn'"):
+  dynamic = {"rope_type": "dynamic", "factor": 4.0}
+  (tmp_path / "config.json").write_text(json.dumps({**current, "rope_parameters": dynamic}))
+  with pytest.raises(ValueError, match="'dynamic'"):
     convert.from_hf(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps({**current, "mlp_bias": True}))
   with pytest.raises(KeyError, match="mlp.gate_proj.bias"):
@@ -315,7 +351,7 @@ def test_cli_from_hf_load_generate_to_hf(micro_llama, tmp_path):
   assert proc.returncode == 2 and "config.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_train_init_from_hf_directory(micro_llama, tmp_path):
+def test_train_init_from_hf_directory(micro_llama, tmp_path, capsys):
   run = tmp_path / "run"
   # One step at a negligible learning rate: the checkpoint after it holds (almost exactly) the initial weights.
   _run("llm_jax.train", f"--config={MICRO}", f"--workdir={run}", f"--config.init_from={micro_llama}",
@@ -327,5 +363,10 @@ def test_train_init_from_hf_directory(micro_llama, tmp_path):
 
   with pytest.raises(config_lib.ConfigError, match="model.d_ff: .* has 64, this config 128"):
     train.init_params(micro_llama, _micro_setup(d_ff=128))
+  # Context extension changes RoPE on purpose: allowed, and said.
+  extended = train.init_params(micro_llama, _micro_setup(rope_scaling="yarn", rope_scaling_factor=4.0,
+                                                         rope_original_max_len=64))
+  _assert_tree_equal(jax.tree.map(np.asarray, extended), hf_params)
+  assert "RoPE changed" in capsys.readouterr().out
   bf16 = train.init_params(micro_llama, _micro_setup(param_dtype="bfloat16"))  # cast to the run's param_dtype
   assert {x.dtype for x in jax.tree.leaves(bf16)} == {jnp.dtype(jnp.bfloat16)}

@@ -1,7 +1,8 @@
 """`ModelConfig`: every architectural switch of the decoder, and exact parameter / FLOP counts.
 
 The switches are the ones the seed walks through, so each can be ablated alone:
-  positions      rope (theta; optional Llama-3 frequency scaling) | learned | sinusoidal | none
+  positions      rope (theta; scaling for context extension: linear | ntk | yarn | llama3, layers.rope_frequencies)
+                 | learned | sinusoidal | none
   norm           rmsnorm | layernorm (with bias), placed pre (GPT-2, Llama) or post (original Transformer)
   mlp            swiglu (Llama) | gelu (GPT-2, tanh approximation)
   attention      MHA / GQA / MQA through n_kv_heads; biases on or off; attention_impl plain (materialises
@@ -27,7 +28,7 @@ NORMS = ("rmsnorm", "layernorm")
 NORM_POSITIONS = ("pre", "post")
 MLPS = ("swiglu", "gelu")
 REMATS = ("none", "full", "dots")
-ROPE_SCALINGS = ("none", "llama3")
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
 QUANTS = ("none", "int8", "w8a8")
 ATTENTION_IMPLS = ("plain", "blockwise")
 
@@ -45,11 +46,14 @@ class ModelConfig:
   max_seq_len: int = 256
   positions: str = "rope"
   rope_theta: float = 10000.0
-  rope_scaling: str = "none"  # "llama3": Llama 3.1's long-context frequency scaling
-  rope_scaling_factor: float = 8.0
-  rope_low_freq_factor: float = 1.0
-  rope_high_freq_factor: float = 4.0
-  rope_original_max_len: int = 8192
+  rope_scaling: str = "none"  # linear | ntk | yarn | llama3: how positions past the trained length are reached
+  rope_scaling_factor: float = 8.0  # new length / rope_original_max_len
+  rope_low_freq_factor: float = 1.0  # llama3
+  rope_high_freq_factor: float = 4.0  # llama3
+  rope_original_max_len: int = 8192  # llama3, yarn: the length the model was trained at
+  rope_yarn_beta_fast: float = 32.0  # yarn: frequencies turning more often than this in the original length: kept
+  rope_yarn_beta_slow: float = 1.0  # yarn: ... less often than this are interpolated
+  rope_attention_factor: float = 0.0  # yarn: queries and keys are scaled by it; 0: 0.1 ln(factor) + 1
   norm: str = "rmsnorm"
   norm_position: str = "pre"
   norm_eps: float = 1e-5
@@ -78,6 +82,8 @@ class ModelConfig:
     check(self.remat in REMATS, "remat", f"one of {REMATS}")
     check(self.quant in QUANTS, "quant", f"one of {QUANTS}")
     check(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"one of {ROPE_SCALINGS}")
+    check(self.rope_scaling == "none" or self.rope_scaling_factor >= 1, "rope_scaling_factor", ">= 1")
+    check(self.rope_attention_factor >= 0, "rope_attention_factor", ">= 0 (0: YaRN's default)")
     check(self.attention_impl in ATTENTION_IMPLS, "attention_impl", f"one of {ATTENTION_IMPLS}")
     check(self.attention_block > 0, "attention_block", "positive")
     check(self.layer_pattern and set(self.layer_pattern) <= {"A", "C"}, "layer_pattern", "a string of 'A' and 'C'")

@@ -107,35 +107,58 @@ class Norm(nn.Module):
     return y.astype(c.dtype)
 
 
-def rope_frequencies(cfg: ModelConfig):
-  """Inverse frequencies theta^(-2i/H); with Llama-3 scaling, long wavelengths are stretched by `factor`.
+def rope_frequencies(cfg: ModelConfig) -> tuple:
+  """(inverse frequencies [head_dim / 2], attention factor): theta^(-2i/H), changed by cfg.rope_scaling to
+  reach past the trained length, each as transformers computes it (`modeling_rope_utils`), so converted
+  checkpoints keep their numerics. factor = rope_scaling_factor, L = rope_original_max_len:
 
-  Llama 3.1 scaling (as in Meta's reference code and transformers' `_compute_llama3_parameters`):
-  wavelengths shorter than original_len/high_freq_factor are kept, longer than original_len/low_freq_factor
-  are divided by factor, and the band in between is interpolated smoothly.
+    linear  position interpolation (Chen et al. 2023): every frequency / factor, i.e. positions / factor.
+    ntk     "NTK-aware" interpolation: theta * factor^(H/(H-2)); high frequencies (local order) stay nearly
+            as trained, the lowest is divided by factor. It is a change of theta, which is how it is written
+            to Hugging Face files (transformers' "dynamic" type computes it per length at run time).
+    yarn    YaRN (Peng et al. 2023): frequencies that turn more than beta_fast times within L are kept, those
+            turning less than beta_slow times are interpolated (/ factor), a linear ramp in between; and
+            queries and keys are scaled by the attention factor (default 0.1 ln(factor) + 1), which sharpens
+            the attention that interpolation flattens.
+    llama3  Llama 3.1 (Meta's reference code, `_compute_llama3_parameters`): wavelengths shorter than
+            L / high_freq_factor are kept, longer than L / low_freq_factor are divided by factor, and the band
+            in between is interpolated smoothly.
   """
   half = cfg.head_dim // 2
-  inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  theta = cfg.rope_theta
+  if cfg.rope_scaling == "ntk":
+    theta = theta * cfg.rope_scaling_factor ** (cfg.head_dim / (cfg.head_dim - 2))
+  inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  factor, old = cfg.rope_scaling_factor, cfg.rope_original_max_len
+  if cfg.rope_scaling == "linear":
+    return inv_freq / factor, 1.0
+  if cfg.rope_scaling == "yarn":
+    # dimension index (of head_dim) whose frequency turns `turns` times over the original length
+    dim = lambda turns: cfg.head_dim * math.log(old / (turns * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))
+    low = max(math.floor(dim(cfg.rope_yarn_beta_fast)), 0)
+    high = min(math.ceil(dim(cfg.rope_yarn_beta_slow)), cfg.head_dim - 1)
+    ramp = jnp.clip((jnp.arange(half, dtype=jnp.float32) - low) / max(high - low, 0.001), 0, 1)
+    attention_factor = cfg.rope_attention_factor or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+    return inv_freq / factor * ramp + inv_freq * (1 - ramp), attention_factor
   if cfg.rope_scaling == "llama3":
-    factor, low, high, old = (cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
-                              cfg.rope_original_max_len)
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     scaled = jnp.where(wavelen > old / low, inv_freq / factor, inv_freq)
     smooth = (old / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= old / high) & (wavelen <= old / low)
     inv_freq = jnp.where(medium, smoothed, scaled)
-  return inv_freq
+  return inv_freq, 1.0
 
 
-def rope(x_BTNH, positions_BT, inv_freq_H2):
+def rope(x_BTNH, positions_BT, inv_freq_H2, attention_factor: float = 1.0):
   """Rotary embedding, 'rotate half' layout (Hugging Face Llama convention: no weight permutation needed).
 
   Rotates pairs (i, i + H/2) by angle position * inv_freq[i]; because q.k then depends only on the
   difference of positions, per-document positions make packed rows behave like separate sequences.
   """
   angle_BTH = positions_BT.astype(jnp.float32)[..., None] * inv_freq_H2
-  sin, cos = jnp.sin(angle_BTH)[:, :, None, :], jnp.cos(angle_BTH)[:, :, None, :]
+  sin, cos = (f(angle_BTH)[:, :, None, :] * attention_factor for f in (jnp.sin, jnp.cos))
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BTNH.dtype)
 
@@ -216,8 +239,8 @@ class Attention(nn.Module):
     k_BTKH = proj("k", c.n_kv_heads, ("kv_heads", "head_dim"))
     v_BTKH = proj("v", c.n_kv_heads, ("kv_heads", "head_dim"))
     if c.positions == "rope":
-      inv_freq = rope_frequencies(c)
-      q_BTNH, k_BTKH = rope(q_BTNH, positions_BT, inv_freq), rope(k_BTKH, positions_BT, inv_freq)
+      inv_freq, factor = rope_frequencies(c)
+      q_BTNH, k_BTKH = rope(q_BTNH, positions_BT, inv_freq, factor), rope(k_BTKH, positions_BT, inv_freq, factor)
     q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "heads", "head_dim"))
 
     b, t, _, h = q_BTNH.shape
