@@ -4,6 +4,8 @@
     python -m llm_jax.bench dedup --config configs/tiny.py
     python -m llm_jax.bench serve --workdir runs/sft_tiny [--requests 200] [--batch 8] [--max_waiting 64]
     python -m llm_jax.bench attention --config configs/bench_cpu.py [--lengths 1024,4096,16384,65536]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m llm_jax.bench attention \
+        --config configs/bench_cpu.py --context 8 --lengths 8192 --time_max_length 8192
 
 dedup: MinHash signatures of up to 4 MB of data.source with config.clean's shingles and hash count, in one
 process: llm_jax/data/dedup.py's numpy implementation (numpy_mb_s) and, when installed, datasketch's
@@ -15,7 +17,10 @@ for each of --lengths, with the config's heads and head_dim, plain vs blockwise 
 of model.attention_block): XLA's temporary memory for the compiled program (memory_analysis, nothing run:
 plain_mb, blockwise_mb, ratio_mem) and, up to --time_max_length, the median time of --repeats runs
 (plain_ms, blockwise_ms), and the largest error of blockwise's loss and gradients against plain's
-(max_rel_err: relative to the largest entry of each).
+(max_rel_err: relative to the largest entry of each). With --context C > 1: context parallelism on a mesh
+of C devices instead (model/blockwise.py: context_parallel), the inputs split along T: all-gather vs ring,
+each with the contiguous and the zigzag split ({allgather,ring}[_zigzag]_{mb,ms}_T, mb per device), and
+ring's largest error against all-gather's for each split (max_rel_err_ring_T, max_rel_err_ring_zigzag_T).
 
 serve: llm_jax.serve's HTTP server on a fine-tuned --workdir (in this process, on a free loopback port),
 --batch rows and --max_waiting queue places, hit by a warm-up of --batch requests and then --requests
@@ -78,6 +83,7 @@ _WAITING = flags.DEFINE_integer("max_waiting", 64, "serve: requests that may wai
 _SERVE_PROMPT = flags.DEFINE_string("serve_prompt", "What is 347 * 29?", "serve: the user message.")
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "attention: sequence lengths.")
 _TIME_MAX = flags.DEFINE_integer("time_max_length", 4096, "attention: time runs up to this length.")
+_CONTEXT = flags.DEFINE_integer("context", 1, "attention: > 1: context parallelism over this many devices.")
 _BPB_ROWS = flags.DEFINE_integer("bpb_rows", 64, "Validation documents for bits per byte (--workdir).")
 
 
@@ -311,7 +317,7 @@ def bench_dedup(config, max_mb: float = 4.0) -> dict:
 def bench_attention(config) -> dict:
   from llm_jax.model import blockwise, layers  # pylint: disable=import-outside-toplevel
   cfg = config_lib.model_config(config)
-  kh, g, h = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, cfg.head_dim
+  kh, h = cfg.n_kv_heads, cfg.head_dim
 
   plain = layers.plain_attention
   lean = lambda q, k, v, seg: blockwise.attention(q, k, v, seg, cfg.attention_block)
@@ -319,11 +325,10 @@ def bench_attention(config) -> dict:
                                                argnums=(0, 1, 2)))
   result = {"bench": "attention", "device": jax.devices()[0].device_kind, "heads": cfg.n_heads,
             "kv_heads": kh, "head_dim": h, "block": cfg.attention_block}
+  if _CONTEXT.value > 1:
+    return {**result, **_bench_context_attention(cfg, _CONTEXT.value, step)}
   for t in map(int, _LENGTHS.value):
-    keys = jax.random.split(jax.random.PRNGKey(t), 4)
-    args = (jax.random.normal(keys[0], (1, t, kh, g, h)), jax.random.normal(keys[1], (1, t, kh, h)),
-            jax.random.normal(keys[2], (1, t, kh, h)), jax.random.normal(keys[3], (1, t, kh, g, h)),
-            jnp.ones((1, t), jnp.int32))
+    args = _attention_args(cfg, t)
     outs = {}
     for name, fn in (("plain", plain), ("blockwise", lean)):
       compiled = step(fn).lower(*args).compile()
@@ -337,6 +342,46 @@ def bench_attention(config) -> dict:
     if outs:
       result[f"max_rel_err_{t}"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)) for a, b in zip(
           jax.tree_util.tree_leaves(outs["blockwise"]), jax.tree_util.tree_leaves(outs["plain"]))))
+  return result
+
+
+def _attention_args(cfg, t: int, put=lambda x: x) -> tuple:
+  """q, k, v, the output's cotangent w and one segment, batch 1, each through put."""
+  kh, g, h = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, cfg.head_dim
+  keys = jax.random.split(jax.random.PRNGKey(t), 4)
+  return tuple(map(put, (jax.random.normal(keys[0], (1, t, kh, g, h)), jax.random.normal(keys[1], (1, t, kh, h)),
+                         jax.random.normal(keys[2], (1, t, kh, h)), jax.random.normal(keys[3], (1, t, kh, g, h)),
+                         jnp.ones((1, t), jnp.int32))))
+
+
+def _bench_context_attention(cfg, ways: int, step) -> dict:
+  """bench_attention with the sequence split over `ways` devices (module docstring)."""
+  from llm_jax import sharding  # pylint: disable=import-outside-toplevel
+  from llm_jax.model import blockwise  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh({"data": 1, "context": ways}, devices=jax.devices()[:ways])
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "context"))
+  result = {"context": ways}
+  for t in map(int, _LENGTHS.value):
+    args = _attention_args(cfg, t, functools.partial(jax.device_put, device=split))
+    outs = {}
+    for impl, balance in ((i, b) for b in (False, True) for i in ("allgather", "ring")):
+      name = impl + ("_zigzag" if balance else "")
+
+      def fn(q, k, v, seg, impl=impl, balance=balance):  # the inputs count as zigzag-ordered when balanced
+        with sharding.activation_rules(mesh):
+          return blockwise.context_parallel(q, k, v, seg, cfg.attention_block, impl=impl, balance=balance)
+      compiled = step(fn).lower(*args).compile()
+      result[f"{name}_mb_{t}"] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
+      if t <= _TIME_MAX.value:
+        _log(f"timing {name} context-parallel attention at {t} tokens over {ways} devices")
+        result[f"{name}_ms_{t}"] = round(1e3 * _median_time(lambda c=compiled: jax.block_until_ready(c(*args)),
+                                                            _REPEATS.value), 1)
+        outs[name] = compiled(*args)
+    for name in ("ring", "ring_zigzag"):
+      if name in outs:
+        want = outs[name.replace("ring", "allgather")]
+        result[f"max_rel_err_{name}_{t}"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)) for a, b in zip(
+            jax.tree_util.tree_leaves(outs[name]), jax.tree_util.tree_leaves(want))))
   return result
 
 

@@ -142,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.stage = 1
   c.mesh.fsdp = 1
-  c.mesh.context = 1  # context parallelism: every sequence split along its length (attention gathers K/V)
+  c.mesh.context = 1  # context parallelism: every sequence split along its length (K/V: model.context_impl)
   c.mesh.tensor = 1
   # Pipeline micro-batches per (grad-accumulation) micro-batch when mesh.stage > 1; the idle "bubble" is
   # (stage - 1) / (microbatches + stage - 1) of the step. -1: 2 x stage.

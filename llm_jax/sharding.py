@@ -6,7 +6,7 @@ logical name missing from the table, or a mesh axis already used by an earlier d
 array, means "replicated along that dimension" (flax drops the duplicate), so `batch -> (data, fsdp)` and
 `embed -> (fsdp, context)` coexist: parameters are sharded along fsdp (and context) on `embed`, activations
 along fsdp on `batch`. `length -> context` splits every sequence over the context axis (context
-parallelism: attention gathers the keys and values, model/blockwise.py); its devices also share the
+parallelism: keys and values go round the ring or are gathered, model/blockwise.py); its devices also share the
 parameters, as fsdp's do, since a long-context batch often has fewer rows than devices.
 
 The stacked layer parameters (`layers`, the leading axis of a scanned stack) are split over `stage`: with

@@ -26,7 +26,7 @@ STEPS, BATCH, SEQ = 5, 8, 32
 ALL_ROWS = list(range(BATCH))  # one process feeds every row
 # Pure data parallelism is in data2_fsdp2_tensor2 and accum2_stage2_data4 (and every multi-host test);
 # accumulation on one device in tests/test_train.py::test_grad_accumulation_equals_full_batch.
-MESHES = {  # name -> (mesh, grad_accum)
+MESHES = {  # name -> (mesh, grad_accum[, model fields])
     "one_device": (dict(data=1), 1),
     "fsdp8": (dict(data=1, fsdp=8), 1),
     "tensor8": (dict(data=1, tensor=8), 1),
@@ -35,11 +35,13 @@ MESHES = {  # name -> (mesh, grad_accum)
     "stage4_fsdp2": (dict(data=1, stage=4, fsdp=2, microbatches=4), 1),
     "accum2_stage2_data4": (dict(data=4, stage=2, microbatches=1), 2),
     # Each sequence split in 4 (model/blockwise.py: context_parallel); parameters over fsdp x context.
-    "context4_fsdp2": (dict(data=1, context=4, fsdp=2), 1),
+    "context4_fsdp2": (dict(data=1, context=4, fsdp=2), 1, dict(context_impl="allgather")),
+    # K/V around the ring, on the zigzag split (each device holds chunks i and 7-i of 8).
+    "context4_ring_zigzag": (dict(data=1, context=4, fsdp=2), 1, dict(context_impl="ring", context_balance="zigzag")),
 }
 
 
-def config_for(mesh: dict, grad_accum: int):
+def config_for(mesh: dict, grad_accum: int, model: dict | None = None):
   config = config_lib.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "micro_config.py"))
   # The largest tensor axis this shape allows is 8: 16 query / 8 kv heads, d_ff 64, vocab 384.
   config.model.n_layers, config.model.n_heads, config.model.n_kv_heads, config.model.head_dim = 4, 16, 8, 4
@@ -47,6 +49,8 @@ def config_for(mesh: dict, grad_accum: int):
   config.train.warmup_steps, config.train.lr = 1, 1e-2
   for key, value in mesh.items():
     config.mesh[key] = value
+  for key, value in (model or {}).items():
+    config.model[key] = value
   return config_lib.validate(config)
 
 
@@ -68,8 +72,8 @@ def batches(vocab: int):
   return out
 
 
-def run(mesh_cfg: dict, grad_accum: int) -> dict:
-  config = config_for(mesh_cfg, grad_accum)
+def run(mesh_cfg: dict, grad_accum: int, model: dict | None = None) -> dict:
+  config = config_for(mesh_cfg, grad_accum, model)
   devices = jax.devices()[:int(np.prod([v for k, v in mesh_cfg.items() if k != "microbatches"]))]
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   setup = state_lib.build(config, mesh)

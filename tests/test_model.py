@@ -186,3 +186,5 @@ def test_bad_switch_names_the_field():
     BASE.replace(positions="alibi")
   with pytest.raises(ValueError, match="layer_pattern"):
     BASE.replace(layer_pattern="AAC")  # 3 does not divide n_layers=2
+  with pytest.raises(ValueError, match=r"model\.context_balance='zigzag'.*layer_pattern='AC'"):
+    BASE.replace(layer_pattern="AC", context_balance="zigzag")  # the conv mixer needs the tokens in order

@@ -51,17 +51,57 @@ def test_parameters_are_created_sharded_by_logical_axes():
 
 
 def test_every_mesh_trains_like_one_device():
-  """5 steps under data / fsdp / tensor / context / mixed / pipeline meshes (and grad accumulation) == 1 device."""
+  """5 steps under data / fsdp / tensor / context (all-gather; ring on the zigzag split) / mixed / pipeline meshes
+  (and grad accumulation) == 1 device."""
   runs = json.loads(_run([sys.executable, os.path.join(ROOT, "tests", "mesh_losses.py")], devices=8))
   one = runs.pop("one_device")
   assert one["losses"][-1] < one["losses"][0] - 0.2  # it learns, so every update shows in later losses
   assert runs["stage2_data2_tensor2"]["mesh"] == {"data": 2, "stage": 2, "fsdp": 1, "context": 1, "tensor": 2}
-  assert runs["context4_fsdp2"]["mesh"]["context"] == 4
+  assert runs["context4_fsdp2"]["mesh"]["context"] == runs["context4_ring_zigzag"]["mesh"]["context"] == 4
   assert runs["stage2_data2_tensor2"]["microbatches"] == 4  # the default: 2 x stages
   assert runs["tensor8"]["mesh"]["tensor"] == 8
   for name, run in runs.items():
     np.testing.assert_allclose(run["losses"], one["losses"], rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(run["eval_nats"], one["eval_nats"], rtol=1e-5, err_msg=name)
+
+
+def test_context_parallel_ring_and_zigzag_equal_plain_attention_values_and_gradients():
+  """The kernel alone on context=4, packed segments with padding at both ends of a row (queries that see no
+  key): each device's chunks are masked at their true places, and dQ, dK, dV come home from the ring."""
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp, numpy as np
+      from llm_jax import sharding
+      from llm_jax.model import blockwise, layers
+      mesh = sharding.make_mesh({"data": 1, "context": 4}, devices=jax.devices()[:4])
+      put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      b, t, kh, g, h = 2, 32, 2, 2, 8  # zigzag: 8 chunks of 4 tokens, blocks of 2
+      rng = jax.random.split(jax.random.PRNGKey(0), 4)
+      q, d_out = (jax.random.normal(rng[i], (b, t, kh, g, h)) for i in (0, 3))
+      k, v = (jax.random.normal(rng[i], (b, t, kh, h)) for i in (1, 2))
+      seg = jnp.array([[1] * 5 + [2] * 20 + [3] * 4 + [0] * 3, [0] * 2 + [1] * 30])
+      real = np.asarray(seg > 0)
+      d_out = jnp.where(real[:, :, None, None, None], d_out, 0.0)  # padding queries: no loss reads them
+      def value_and_grads(fn, q, k, v):
+        out, vjp = jax.vjp(fn, q, k, v)
+        return (out,) + vjp(d_out)
+      want = value_and_grads(lambda q, k, v: layers.plain_attention(q, k, v, seg), q, k, v)
+      for impl, balance in (("ring", False), ("allgather", True), ("ring", True)):
+        def fn(q, k, v, impl=impl, balance=balance):
+          order = (lambda x: blockwise.zigzag(x, 4)) if balance else (lambda x: x)
+          with sharding.activation_rules(mesh):
+            out = blockwise.context_parallel(*map(order, (q, k, v, seg)), block=2, impl=impl, balance=balance)
+          return blockwise.unzigzag(out, 4) if balance else out
+        got = jax.jit(lambda q, k, v: value_and_grads(fn, q, k, v))(put(q), put(k), put(v))
+        got = [np.asarray(got[0])[real]] + [np.asarray(x) for x in got[1:]]
+        errs = [float(np.linalg.norm(a - b) / np.linalg.norm(b))
+                for a, b in zip(got, [np.asarray(want[0])[real]] + [np.asarray(x) for x in want[1:]])]
+        print(impl, balance, "finite" if all(np.isfinite(x).all() for x in got) else "NaN", *errs)
+  """)
+  lines = _run([sys.executable, "-c", script], devices=8).splitlines()
+  assert [line.split()[:3] for line in lines] == [["ring", "False", "finite"], ["allgather", "True", "finite"],
+                                                   ["ring", "True", "finite"]], lines
+  for line in lines:  # output, dQ, dK, dV: each within 1e-5 of its norm (float32)
+    assert max(map(float, line.split()[3:])) < 1e-5, line
 
 
 def test_pipelined_training_from_the_command_line_matches_one_device(tmp_path):
@@ -101,6 +141,7 @@ def test_meshes_that_do_not_fit_fail_naming_the_keys():
       attempt(data=4, stage=2)              # 8 rows / 4 micro-batches = 2 rows over 4 data devices
       attempt(data=1, stage=2, fsdp=4, microbatches=3)
       attempt(dict(attention_block=3), data=2, context=4)  # 32 tokens: parts of 8, not blocks of 3
+      attempt(dict(attention_block=3, context_balance="zigzag"), data=2, context=4)  # chunks of 4
   """)
   out = _run([sys.executable, "-c", script], devices=8).splitlines()
   assert out[0].startswith("ERROR parameter layers/block_0/attn/k/kernel (2, 32, 2, 8): dimension 2 of size 2 "
@@ -108,7 +149,8 @@ def test_meshes_that_do_not_fit_fail_naming_the_keys():
   assert "mesh.stage=4 must divide the 2 repeats of model.layer_pattern='A'" in out[1]
   assert "2 rows per (pipeline) micro-batch" in out[2] and "data x fsdp = 4 devices" in out[2]
   assert "must divide into mesh.microbatches=3" in out[3]
-  assert "data.seq_len=32 must split into mesh.context=4 equal parts" in out[4], out[4]
+  assert "data.seq_len=32 must split into mesh.context=4 equal parts, each" in out[4], out[4]
+  assert "mesh.context=4 equal parts of 2 equal chunks (model.context_balance=zigzag)" in out[5], out[5]
 
 
 def test_restore_onto_a_different_mesh_gives_identical_state(tmp_path):

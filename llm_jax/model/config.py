@@ -8,7 +8,10 @@ The switches are the ones the seed walks through, so each can be ablated alone:
   attention      MHA / GQA / MQA through n_kv_heads; biases on or off; attention_impl plain (materialises
                  the [T, T] scores) | blockwise (FlashAttention-2 in pure JAX, model/blockwise.py: memory
                  O(T), blocks of attention_block tokens) for training and scoring; decoding is unaffected;
-                 with a `context` mesh axis (context parallelism) attention always runs blockwise
+                 with a `context` mesh axis (context parallelism) attention always runs blockwise, by
+                 context_impl allgather (all K/V gathered) | ring (K/V passed round the context ring), and
+                 context_balance none | zigzag (each device holds chunks i and 2c-1-i of the sequence, so
+                 causal work is even; not with conv blocks)
   embeddings     tied (GPT-2) or untied (Llama) output head
   layer_pattern  a string tiled over the depth: "A" attention block, "C" causal depthwise-conv mixer block
                  ("AC" alternates; the hybrid the seed looks ahead to)
@@ -31,6 +34,8 @@ REMATS = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
 QUANTS = ("none", "int8", "w8a8")
 ATTENTION_IMPLS = ("plain", "blockwise")
+CONTEXT_IMPLS = ("allgather", "ring")
+CONTEXT_BALANCES = ("none", "zigzag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,8 @@ class ModelConfig:
   attn_bias: bool = False
   attention_impl: str = "plain"
   attention_block: int = 512
+  context_impl: str = "allgather"  # under a `context` mesh axis: model/blockwise.py's module docstring
+  context_balance: str = "none"
   mlp_bias: bool = False
   tie_embeddings: bool = False
   layer_pattern: str = "A"
@@ -86,6 +93,11 @@ class ModelConfig:
     check(self.rope_attention_factor >= 0, "rope_attention_factor", ">= 0 (0: YaRN's default)")
     check(self.attention_impl in ATTENTION_IMPLS, "attention_impl", f"one of {ATTENTION_IMPLS}")
     check(self.attention_block > 0, "attention_block", "positive")
+    check(self.context_impl in CONTEXT_IMPLS, "context_impl", f"one of {CONTEXT_IMPLS}")
+    check(self.context_balance in CONTEXT_BALANCES, "context_balance", f"one of {CONTEXT_BALANCES}")
+    check(self.context_balance == "none" or "C" not in self.layer_pattern, "context_balance",
+          f"'none' with conv blocks in layer_pattern={self.layer_pattern!r} (their causal convolution needs the "
+          "tokens in order)")
     check(self.layer_pattern and set(self.layer_pattern) <= {"A", "C"}, "layer_pattern", "a string of 'A' and 'C'")
     check(self.n_layers % len(self.layer_pattern) == 0, "layer_pattern",
           f"a pattern whose length divides n_layers={self.n_layers}")

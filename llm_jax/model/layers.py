@@ -246,7 +246,8 @@ class Attention(nn.Module):
     b, t, _, h = q_BTNH.shape
     q_BTKGH = q_BTNH.reshape(b, t, c.n_kv_heads, c.n_heads // c.n_kv_heads, h)
     if cache is None and blockwise.context_ways() > 1:  # the sequence is split over the mesh's context axis
-      return output(blockwise.context_parallel(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block))
+      return output(blockwise.context_parallel(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block,
+                                               impl=c.context_impl, balance=c.context_balance == "zigzag"))
     if cache is None and c.attention_impl == "blockwise":
       return output(blockwise.attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, c.attention_block))
     if cache is None:

@@ -7,7 +7,9 @@ backward pass: "full" saves nothing inside a block, "dots" saves matmul outputs 
 
 `pipeline_stages > 1` runs that same stack as a GPipe pipeline over the mesh's `stage` axis
 (llm_jax/model/pipeline.py) with the same parameters, so pipelining is a property of the run, not of the
-model or its checkpoints.
+model or its checkpoints. Under a `context` mesh axis with model.context_balance=zigzag the sequence is
+reordered so that device i holds chunks i and 2c-1-i of 2c (even causal work, model/blockwise.py), and the
+hidden states are put back in order before the head.
 
 KV cache (the inference engine's, llm_jax/inference/engine.py): an explicit pytree made by `init_cache` and
 passed in and out, so decoding stays a pure function:
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.model.config import ModelConfig
-from llm_jax.model import pipeline
+from llm_jax.model import blockwise, pipeline
 from llm_jax.model.layers import SLOT_AXIS, Block, Embed, Norm, Projection, init, sinusoidal
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -120,6 +122,11 @@ class Transformer(nn.Module):
       positions_BT = jnp.maximum(cache["pos"][:, None] + jnp.cumsum(segment_ids_BT > 0, axis=1) - 1, 0)
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+    ways = blockwise.context_ways()
+    zigzag = cache is None and c.context_balance == "zigzag" and ways > 1
+    if zigzag:  # device i of the context axis gets chunks i and 2c-1-i (attention masks them at their places)
+      tokens_BT, positions_BT, segment_ids_BT = (blockwise.zigzag(x, ways) for x in
+                                                 (tokens_BT, positions_BT, segment_ids_BT))
 
     embed = Embed(c.vocab_size, c.d_model, dtype=dtype, param_dtype=pdtype,
                   embedding_init=init(0.02 if c.tie_embeddings else 1.0, ("vocab", "embed")), name="embed")
@@ -150,6 +157,8 @@ class Transformer(nn.Module):
     else:
       for i, kind in enumerate(c.block_kinds):
         x_BTD = _block_cls(c)(c, kind, name=f"layer_{i}")(x_BTD, positions_BT, segment_ids_BT)
+    if zigzag:
+      x_BTD = nn.with_logical_constraint(blockwise.unzigzag(x_BTD, ways), ("batch", "length", "embed"))
 
     if last_only:
       x_BTD = x_BTD[:, -1:]

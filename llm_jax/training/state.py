@@ -66,9 +66,11 @@ def check_batch_fits_mesh(config, mesh):
         f"train.grad_accum={config.train.grad_accum}, mesh.microbatches={microbatches}) must divide over mesh "
         f"data x fsdp = {batch_ways} devices")
   ways, seq, block = mesh.shape.get("context", 1), config.data.seq_len, config.model.attention_block
-  if ways > 1 and (seq % ways or (seq // ways > block and (seq // ways) % block)):
+  chunks = ways * (2 if config.model.context_balance == "zigzag" else 1)  # zigzag: 2 chunks per device
+  if ways > 1 and (seq % chunks or (seq // chunks > block and (seq // chunks) % block)):
     raise config_lib.ConfigError(
-        f"data.seq_len={seq} must split into mesh.context={ways} equal parts, each a multiple of "
+        f"data.seq_len={seq} must split into mesh.context={ways} equal parts"
+        f"{' of 2 equal chunks (model.context_balance=zigzag)' if chunks > ways else ''}, each a multiple of "
         f"model.attention_block={block} when longer than it")
 
 
