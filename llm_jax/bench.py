@@ -331,18 +331,29 @@ def bench_attention(config) -> dict:
     args = _attention_args(cfg, t)
     outs = {}
     for name, fn in (("plain", plain), ("blockwise", lean)):
-      compiled = step(fn).lower(*args).compile()
-      result[f"{name}_mb_{t}"] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
-      if t <= _TIME_MAX.value:
-        _log(f"timing {name} attention at {t} tokens")
-        result[f"{name}_ms_{t}"] = round(1e3 * _median_time(lambda c=compiled: jax.block_until_ready(c(*args)),
-                                                            _REPEATS.value), 1)
-        outs[name] = compiled(*args)
+      _measure_attention(result, outs, name, t, step(fn), args, f"{name} attention at {t} tokens")
     result[f"ratio_mem_{t}"] = round(result[f"plain_mb_{t}"] / max(result[f"blockwise_mb_{t}"], 1e-3), 1)
     if outs:
-      result[f"max_rel_err_{t}"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)) for a, b in zip(
-          jax.tree_util.tree_leaves(outs["blockwise"]), jax.tree_util.tree_leaves(outs["plain"]))))
+      result[f"max_rel_err_{t}"] = _max_rel_err(outs["blockwise"], outs["plain"])
   return result
+
+
+def _measure_attention(result: dict, outs: dict, name: str, t: int, fn, args, what: str):
+  """{name}_mb_{t}: the compiled program's temporaries; up to --time_max_length, {name}_ms_{t}: the median
+  time of --repeats runs, and outs[name]: its outputs."""
+  compiled = fn.lower(*args).compile()
+  result[f"{name}_mb_{t}"] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
+  if t <= _TIME_MAX.value:
+    _log(f"timing {what}")
+    result[f"{name}_ms_{t}"] = round(1e3 * _median_time(lambda: jax.block_until_ready(compiled(*args)),
+                                                        _REPEATS.value), 1)
+    outs[name] = compiled(*args)
+
+
+def _max_rel_err(got, want) -> float:
+  """The largest |got - want| of each leaf relative to want's largest entry, over the leaves."""
+  return float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)) for a, b in zip(
+      jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want))))
 
 
 def _attention_args(cfg, t: int, put=lambda x: x) -> tuple:
@@ -370,18 +381,11 @@ def _bench_context_attention(cfg, ways: int, step) -> dict:
       def fn(q, k, v, seg, impl=impl, balance=balance):  # the inputs count as zigzag-ordered when balanced
         with sharding.activation_rules(mesh):
           return blockwise.context_parallel(q, k, v, seg, cfg.attention_block, impl=impl, balance=balance)
-      compiled = step(fn).lower(*args).compile()
-      result[f"{name}_mb_{t}"] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
-      if t <= _TIME_MAX.value:
-        _log(f"timing {name} context-parallel attention at {t} tokens over {ways} devices")
-        result[f"{name}_ms_{t}"] = round(1e3 * _median_time(lambda c=compiled: jax.block_until_ready(c(*args)),
-                                                            _REPEATS.value), 1)
-        outs[name] = compiled(*args)
+      _measure_attention(result, outs, name, t, step(fn), args,
+                         f"{name} context-parallel attention at {t} tokens over {ways} devices")
     for name in ("ring", "ring_zigzag"):
       if name in outs:
-        want = outs[name.replace("ring", "allgather")]
-        result[f"max_rel_err_{name}_{t}"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)) for a, b in zip(
-            jax.tree_util.tree_leaves(outs[name]), jax.tree_util.tree_leaves(want))))
+        result[f"max_rel_err_{name}_{t}"] = _max_rel_err(outs[name], outs[name.replace("ring", "allgather")])
   return result
 
 
