@@ -102,10 +102,10 @@ def test_context_extension_recipe_and_the_cli(tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     assert sorted(results) == ["128", "256"]
     assert all(0 <= r["accuracy"] <= 1 and r["answer_logprob"] < 0 for r in results.values())
-  long = str(tmp_path / "long")
+  extended = str(tmp_path / "long")
   for bad, named in ((["--workdir", str(tmp_path / "nothing")], "config.json"),
-                     (["--workdir", long, "--rope_scaling", "alibi"], "rope_scaling"),
-                     (["--workdir", long, "--lengths", "16"], "length 16 is shorter than the needle")):
+                     (["--workdir", extended, "--rope_scaling", "alibi"], "rope_scaling"),
+                     (["--workdir", extended, "--lengths", "16"], "length 16 is shorter than the needle")):
     with pytest.raises(SystemExit) as e:
       needle.main(["--lengths", "128", *bad])
     assert e.value.code == 2 and named in capsys.readouterr().err
