@@ -173,7 +173,8 @@ class Server:
         shown = parts[:-1] if parts and parts[-1]["type"] == "tool_call" else parts  # a call still running
         text = show(shown).rstrip("\ufffd")  # a character whose bytes are not all out yet
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-        if cut >= 0:
+        if cut >= 0:  # finish_reason "stop", even if the turn had just ended at its token limit
+          request.stopped_by_string = True
           request.cancel()
           yield text[:cut]
           return
@@ -194,7 +195,7 @@ class Server:
 
 
 def _finish_reason(request) -> str:
-  return "length" if request.finish_reason == "length" else "stop"
+  return "length" if request.finish_reason == "length" and not request.stopped_by_string else "stop"
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):

@@ -151,6 +151,10 @@ def test_stop_strings_limits_and_malformed_requests(server):
   status, cut = _post(server, {**body, "stop": [stop]})
   assert status == 200 and cut["choices"][0]["message"]["content"] == text[:text.index(stop)]
   assert cut["choices"][0]["finish_reason"] == "stop"
+  # A stop string in the last chunk, as the turn reaches max_tokens: still "stop".
+  assert whole["choices"][0]["finish_reason"] == "length" and text.index(text[-2:]) == len(text) - 2
+  status, end = _post(server, {**body, "stop": [text[-2:]]})
+  assert (end["choices"][0]["message"]["content"], end["choices"][0]["finish_reason"]) == (text[:-2], "stop")
   # Typed parts in OpenAI's shape are accepted as content.
   status, parts = _post(server, {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
   assert status == 200 and parts["choices"][0]["message"]["content"] == text

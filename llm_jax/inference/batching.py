@@ -58,6 +58,7 @@ class Request:
     self.calls = 0
     self.finish_reason: str | None = None
     self.error: str | None = None
+    self.stopped_by_string = False  # set by a server that cut the reply at a stop string
     self._updates: queue.Queue = queue.Queue()
     self._cancelled = False
 
