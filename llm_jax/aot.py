@@ -19,7 +19,9 @@ compiler (libtpu, `pip install "jax[tpu]"`; no TPU needed). The compiled executa
   flops   per step, three ways. The model's: `ModelConfig.flops_per_token` x tokens (6 x matmul params +
           12 x layers x heads x head_dim x T per token, the PaLM convention, no rematerialisation). The
           traced step's matmuls (`traced_matmul_flops` over the step's jaxpr, scans x their length): what
-          runs, so with `remat="full"` the recomputed forward pass is in it (~8N instead of 6N per token).
+          runs, so with `remat="full"` the recomputed forward pass is in it (~8N instead of 6N per token);
+          blockwise attention (attention_impl=blockwise, or a context axis) loops over blocks in while
+          loops whose trip counts a trace cannot know, so there it undercounts attention's FLOPs.
           XLA's: `compiled.cost_analysis()["flops"]`, which is per device (the one SPMD program; tests/
           test_aot.py checks it against the traced count / devices on an unrolled step) and counts each
           while-loop body once, so with scanned layers or grad accumulation it misses most of the step --
@@ -217,7 +219,8 @@ def traced_matmul_flops(jaxpr) -> float:
   """Matmul (dot_general, conv) FLOPs of a jaxpr, global shapes, loops counted as often as they run.
 
   Walks sub-jaxprs (jit, remat, custom rules, scan bodies x `length`; the costlier branch of a cond); a
-  while loop's trip count is unknown here and counts once (the train step has none). Rematerialised forward
+  while loop's trip count is unknown here and counts once (the train step has none, unless attention is
+  blockwise: model/blockwise.py loops over blocks with data-dependent bounds). Rematerialised forward
   passes appear in the backward jaxpr and are counted.
   """
   total = 0.0
