@@ -1,6 +1,7 @@
 """Benchmarks; each prints one JSON line on stdout (progress goes to stderr).
 
     python -m llm_jax.bench decode --config configs/bench_cpu.py [--workdir runs/bench_cpu] [--peer hf]
+    python -m llm_jax.bench train --config configs/bench_cpu.py [--peer hf] [--steps 10]
     python -m llm_jax.bench dedup --config configs/tiny.py
     python -m llm_jax.bench serve --workdir runs/sft_tiny [--requests 200] [--batch 8] [--max_waiting 64]
     python -m llm_jax.bench attention --config configs/bench_cpu.py [--lengths 1024,4096,16384,65536]
@@ -21,6 +22,15 @@ plain_mb, blockwise_mb, ratio_mem) and, up to --time_max_length, the median time
 of C devices instead (model/blockwise.py: context_parallel), the inputs split along T: all-gather vs ring,
 each with the contiguous and the zigzag split ({allgather,ring}[_zigzag]_{mb,ms}_T, mb per device), and
 ring's largest error against all-gather's for each split (max_rel_err_ring_T, max_rel_err_ring_zigzag_T).
+
+train: one jitted training step (the trainer's make_train_step: AdamW, the config's shape, mesh and dtypes)
+on a fixed random batch of data.batch_size x data.seq_len, so the data pipeline, logging and checkpoints are
+not in it; after compiling, --repeats runs of --steps steps, the median reported: tokens_per_sec, step_ms,
+compile_s, mfu (ModelConfig.flops_per_token, the trainer's count, over the fp32 or bf16 matmul peak measured
+here, metrics.measure_peak_flops, as the trainer does), step_memory_mb (XLA's arguments + outputs - aliased +
+temporaries of the compiled step). With --peer hf: Hugging Face transformers' LlamaForCausalLM of the same
+shape (float32, torch AdamW, the same batch, all cores) timed the same way in the same run: peer_* and
+ratio_tokens_per_sec_vs_peer.
 
 serve: llm_jax.serve's HTTP server on a fine-tuned --workdir (in this process, on a free loopback port),
 --batch rows and --max_waiting queue places, hit by a warm-up of --batch requests and then --requests
@@ -85,6 +95,7 @@ _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "att
 _TIME_MAX = flags.DEFINE_integer("time_max_length", 4096, "attention: time runs up to this length.")
 _CONTEXT = flags.DEFINE_integer("context", 1, "attention: > 1: context parallelism over this many devices.")
 _BPB_ROWS = flags.DEFINE_integer("bpb_rows", 64, "Validation documents for bits per byte (--workdir).")
+_STEPS = flags.DEFINE_integer("steps", 10, "train: steps per timed run.")
 
 
 def _log(msg: str):
@@ -183,8 +194,8 @@ def _validation_rows(config, tok, n: int, length: int) -> list[list[int]]:
   return rows
 
 
-def hf_peer(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-  """tok/s of transformers' LlamaForCausalLM.generate (greedy, KV cache) with the same shape."""
+def _hf_llama(cfg):
+  """(torch, transformers, a LlamaForCausalLM of cfg's shape with random weights, float32), all cores."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(os.cpu_count() or 1)
@@ -194,7 +205,13 @@ def hf_peer(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> 
       head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
       tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta)
   torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(hf_cfg).eval()
+  return torch, transformers, transformers.LlamaForCausalLM(hf_cfg).float()
+
+
+def hf_peer(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+  """tok/s of transformers' LlamaForCausalLM.generate (greedy, KV cache) with the same shape."""
+  torch, transformers, model = _hf_llama(cfg)
+  model.eval()
   out = {"peer": f"transformers {transformers.__version__} LlamaForCausalLM.generate, torch {torch.__version__}, "
                  f"{torch.get_num_threads()} threads"}
   for b in (1, batch):
@@ -267,6 +284,78 @@ def bench_decode(config) -> dict:
         result[f"ratio_decode_b{batch}_{name}_vs_peer"] = (result[f"decode_b{batch}_tok_s_{name}"]
                                                            / result[f"peer_decode_b{batch}_tok_s"])
   return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def bench_train(config) -> dict:
+  """The training step's throughput (module docstring), and with --peer hf the Hugging Face peer's."""
+  from llm_jax import sharding  # pylint: disable=import-outside-toplevel
+  from llm_jax.training import metrics as metrics_lib, optim  # pylint: disable=import-outside-toplevel
+  from llm_jax.training import state as state_lib  # pylint: disable=import-outside-toplevel
+  from llm_jax.training.step import make_train_step, next_token_loss  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh(config.mesh)
+  setup = state_lib.build(config, mesh)
+  cfg, b, t, steps = setup.model_config, config.data.batch_size, config.data.seq_len, _STEPS.value
+  ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (b, t + 1)).astype(np.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "segment_ids": np.ones((b, t), np.int32),
+           "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))}
+  peak = metrics_lib.measure_peak_flops(config.model.dtype) * jax.device_count()
+  batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  step = make_train_step(next_token_loss(setup.model), setup.tx, optim.schedule(config.train),
+                         grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
+                         batch_sharding=sharding.batch_sharding(mesh))
+  state, rng = setup.init(jax.random.PRNGKey(config.seed)), jax.random.PRNGKey(1)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+
+  def run():
+    nonlocal state
+    for _ in range(steps):
+      state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+
+  step_s = _median_time(run, _REPEATS.value) / steps
+  tokens = b * t
+  result = {"bench": "train", "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "params": cfg.num_params(), "batch": b, "seq_len": t, "dtype": config.model.dtype,
+            "tokens_per_sec": tokens / step_s, "step_ms": 1e3 * step_s, "compile_s": compile_s,
+            "mfu": cfg.flops_per_token(t) * tokens / step_s / peak, "peak_flops": peak,
+            "step_memory_mb": (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                               + mem.temp_size_in_bytes) / 2 ** 20}
+  _log(f"llm_jax: {result['tokens_per_sec']:.0f} tok/s, {result['step_ms']:.0f} ms/step, mfu {result['mfu']:.3f}")
+  if _PEER.value == "hf":
+    result.update(hf_train_peer(cfg, ids, config.train, steps, _REPEATS.value))
+    result["ratio_tokens_per_sec_vs_peer"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
+  return result
+
+
+def hf_train_peer(cfg, ids: np.ndarray, train_config, steps: int, repeats: int) -> dict:
+  """transformers' LlamaForCausalLM of cfg's shape trained on the rows `ids` [B, T + 1] with torch's AdamW
+  at the config's settings, and its gradient clipping."""
+  torch, transformers, model = _hf_llama(cfg)
+  model.train()
+  t = train_config
+  opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.b1, t.b2), eps=t.eps, weight_decay=t.weight_decay)
+  inputs, targets = torch.from_numpy(ids[:, :-1]).long(), torch.from_numpy(ids[:, 1:]).long()
+
+  def run():
+    for _ in range(steps):
+      logits = model(inputs).logits
+      loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+      loss.backward()
+      if t.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+      opt.step()
+      opt.zero_grad(set_to_none=True)
+
+  step_s = _median_time(run, repeats) / steps
+  attention = model.config._attn_implementation  # pylint: disable=protected-access
+  out = {"peer": f"transformers {transformers.__version__} LlamaForCausalLM + torch AdamW, torch {torch.__version__}, "
+                 f"{torch.get_num_threads()} threads, attention {attention}",
+         "peer_tokens_per_sec": ids.shape[0] * (ids.shape[1] - 1) / step_s, "peer_step_ms": 1e3 * step_s}
+  _log(f"peer: {out['peer_tokens_per_sec']:.0f} tok/s")
+  return out
 
 
 def bench_dedup(config, max_mb: float = 4.0) -> dict:
@@ -412,9 +501,9 @@ def bench_serve(workdir: str) -> dict:
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("decode", "dedup", "attention", "serve"):
-    raise app.UsageError("usage: python -m llm_jax.bench {decode,dedup,attention} --config configs/NAME.py [...] | "
-                         "serve --workdir DIR [...]")
+  if len(argv) != 2 or argv[1] not in ("train", "decode", "dedup", "attention", "serve"):
+    raise app.UsageError("usage: python -m llm_jax.bench {train,decode,dedup,attention} --config configs/NAME.py "
+                         "[...] | serve --workdir DIR [...]")
   logging.set_verbosity(logging.WARNING)  # checkpoint restore logs every step at INFO
   if argv[1] == "serve":
     if not _WORKDIR.value:
@@ -425,7 +514,7 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required")
   config_lib.validate(config)
-  bench = {"decode": bench_decode, "dedup": bench_dedup, "attention": bench_attention}[argv[1]]
+  bench = {"train": bench_train, "decode": bench_decode, "dedup": bench_dedup, "attention": bench_attention}[argv[1]]
   print(json.dumps(bench(config)), flush=True)
 
 

@@ -249,6 +249,6 @@ def test_bench_decode_cli(tmp_path):
               "nocache_b1_tok_s_at_4", "ratio_cache_vs_nocache_at_4", "bpb_float32", "bpb_w8a8_kv"):
     assert result[key] > 0, key
   assert abs(result["delta_bpb_w8a8_kv_pct"]) < 5
-  bad = subprocess.run([sys.executable, "-m", "llm_jax.bench", "train", f"--config={cfg}"], cwd=ROOT, env=ENV,
+  bad = subprocess.run([sys.executable, "-m", "llm_jax.bench", "bogus", f"--config={cfg}"], cwd=ROOT, env=ENV,
                        capture_output=True, text=True)
   assert bad.returncode != 0 and "usage" in bad.stderr

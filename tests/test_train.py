@@ -170,3 +170,20 @@ def test_grad_accumulation_equals_full_batch():
     assert loss_k == pytest.approx(outs[0][1], rel=1e-6) and norm_k == pytest.approx(outs[0][2], rel=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(params_k), jax.tree_util.tree_leaves(outs[0][0])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_bench_train_with_the_hf_peer():
+  """`python -m llm_jax.bench train --peer hf`: the step's figures and the peer's, one JSON line; the MFU is
+  the trainer's FLOP count over the measured peak."""
+  proc = subprocess.run([sys.executable, "-m", "llm_jax.bench", "train", f"--config={MICRO}", "--steps=2",
+                         "--repeats=1", "--peer=hf"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+                        capture_output=True, text=True, timeout=600, check=True)
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  config = config_lib.load_file(MICRO)
+  tokens = config.data.batch_size * config.data.seq_len
+  assert result["tokens_per_sec"] == pytest.approx(tokens / (result["step_ms"] / 1e3), rel=1e-6)
+  flops = config_lib.model_config(config).flops_per_token(config.data.seq_len) * result["tokens_per_sec"]
+  assert result["mfu"] == pytest.approx(flops / result["peak_flops"], rel=1e-6) and 0 < result["mfu"] < 1
+  assert result["peer_tokens_per_sec"] > 0 and result["step_memory_mb"] > 0 and result["compile_s"] > 0
+  assert result["ratio_tokens_per_sec_vs_peer"] == pytest.approx(
+      result["tokens_per_sec"] / result["peer_tokens_per_sec"])
