@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
@@ -51,6 +50,7 @@ import llm_jax
 from llm_jax import config as config_lib
 from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.model import ModelConfig, Transformer
+from llm_jax.model.layers import rope_base, yarn_mscale
 from llm_jax.training import checkpoint
 
 ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
@@ -154,8 +154,8 @@ def _llama_config(hf: dict, path: str) -> ModelConfig:
       raise ValueError(f"{path}: YaRN with truncate=false is not supported")
     attention_factor = rope.get("attention_factor")
     if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):
-      mscale = lambda m: 0.1 * m * math.log(scaling["rope_scaling_factor"]) + 1.0
-      attention_factor = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+      factor = scaling["rope_scaling_factor"]
+      attention_factor = yarn_mscale(factor, rope["mscale"]) / yarn_mscale(factor, rope["mscale_all_dim"])
     scaling.update(rope_yarn_beta_fast=float(rope.get("beta_fast") or 32), rope_yarn_beta_slow=float(
         rope.get("beta_slow") or 1), rope_attention_factor=float(attention_factor or 0.0))
   n_heads = hf["num_attention_heads"]
@@ -223,10 +223,8 @@ def _hf_config(c: ModelConfig, arch: str, dtype: str, tokenizer) -> dict:
             "n_positions": c.max_seq_len, "reorder_and_upcast_attn": False, "scale_attn_by_inverse_layer_idx": False,
             "scale_attn_weights": True, "summary_activation": None, "summary_first_dropout": 0.1,
             "summary_proj_to_labels": True, "summary_type": "cls_index", "summary_use_proj": True}
-  rope, theta = {"rope_type": "default"}, c.rope_theta
-  if c.rope_scaling == "ntk":  # static NTK-aware scaling is a larger theta
-    theta = c.rope_theta * c.rope_scaling_factor ** (c.head_dim / (c.head_dim - 2))
-  elif c.rope_scaling != "none":
+  rope, theta = {"rope_type": "default"}, rope_base(c)  # static NTK-aware scaling is a larger theta
+  if c.rope_scaling not in ("none", "ntk"):
     rope = {"rope_type": c.rope_scaling, "factor": c.rope_scaling_factor}
   if c.rope_scaling in ("yarn", "llama3"):
     rope["original_max_position_embeddings"] = c.rope_original_max_len

@@ -147,8 +147,7 @@ def _build_tokenizer(directory: str, config, train_docs: list[dict]) -> tokenize
 # (context extension, README "Long context"): the run prints what changed.
 _FREE_FIELDS = ("dtype", "param_dtype", "remat", "max_seq_len", "attention_impl", "attention_block", "context_impl",
                 "context_balance")
-_ROPE_FIELDS = ("rope_theta", "rope_scaling", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                "rope_original_max_len", "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_attention_factor")
+_ROPE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name.startswith("rope_"))
 
 
 def init_params(source: str, setup: state_lib.Setup):

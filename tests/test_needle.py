@@ -58,12 +58,7 @@ def test_scores_equal_each_answer_token_scored_from_its_prefix(small_tokenizer, 
                     d_ff=64, max_seq_len=96)
   params = Transformer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
   results = needle.evaluate(cfg, params, tok, haystack, [96], samples_per_length=4, batch_size=3, seed=5)
-  stream = []
-  for text in haystack:
-    stream.extend(tok.encode(text))
-    if len(stream) >= 4 * 96 * 4:
-      break
-  ids, answer_at, _ = needle.samples(tok, np.asarray(stream, np.int32), 96, 4, seed=5)
+  ids, answer_at, _ = needle.samples(tok, needle.haystack_stream(tok, haystack, 4 * 96 * 4), 96, 4, seed=5)
   # One row per (sample, answer token j): the sample up to j, then noise where the answer and beyond were.
   rng = np.random.RandomState(0)
   masked = np.stack([np.concatenate([row[:j], rng.randint(0, tok.vocab_size, 96 - j)]) for row, at in

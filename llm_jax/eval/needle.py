@@ -35,6 +35,9 @@ import numpy as np
 
 QUESTION = "\nWhat is the pass key? The pass key is"
 DEPTH_BINS = 4
+# ModelConfig fields the CLI can override: RoPE read differently by the same weights
+_ROPE_OVERRIDES = (("rope_scaling", str), ("rope_scaling_factor", float), ("rope_original_max_len", int),
+                   ("rope_theta", float))
 
 
 def needle(key: str) -> str:
@@ -97,6 +100,16 @@ def samples(tokenizer, haystack_ids: np.ndarray, length: int, count: int, seed: 
   return np.asarray(rows, np.int32), np.asarray(answers), np.asarray(depths)
 
 
+def haystack_stream(tokenizer, texts: Sequence[str], tokens: int) -> np.ndarray:
+  """The token stream of `texts`, read only until it holds `tokens` (tokenizing all of them is slow)."""
+  stream = []
+  for text in texts:
+    stream.extend(tokenizer.encode(text))
+    if len(stream) >= tokens:
+      break
+  return np.asarray(stream, np.int32)
+
+
 def evaluate(model_config, params, tokenizer, haystack: Sequence[str], lengths: Sequence[int], *, samples_per_length:
              int = 64, batch_size: int = 16, seed: int = 0) -> dict:
   """{length: {"accuracy", "by_depth": [accuracy of each of DEPTH_BINS depth bins], "answer_logprob"}} of
@@ -106,13 +119,7 @@ def evaluate(model_config, params, tokenizer, haystack: Sequence[str], lengths: 
 
   from llm_jax.model import Transformer  # pylint: disable=import-outside-toplevel
 
-  need = 4 * max(lengths) * samples_per_length  # enough windows to draw from; tokenizing all of it is slow
-  stream = []
-  for text in haystack:
-    stream.extend(tokenizer.encode(text))
-    if len(stream) >= need:
-      break
-  stream = np.asarray(stream, np.int32)
+  stream = haystack_stream(tokenizer, haystack, 4 * max(lengths) * samples_per_length)
   apply = jax.jit(lambda p, ids: jax.nn.log_softmax(Transformer(model_config.replace(
       max_seq_len=max(model_config.max_seq_len, ids.shape[1]))).apply({"params": p}, ids).astype(jnp.float32)))
   results = {}
@@ -150,8 +157,7 @@ def main(argv=None):
   parser.add_argument("--haystack", default="stdlib", help="a data.source whose validation documents fill")
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--seed", type=int, default=0)
-  for field, kind in (("rope_scaling", str), ("rope_scaling_factor", float), ("rope_original_max_len", int),
-                      ("rope_theta", float)):
+  for field, kind in _ROPE_OVERRIDES:
     parser.add_argument(f"--{field}", type=kind, default=None, help="evaluate with this RoPE setting instead")
   args = parser.parse_args(argv)
   import llm_jax  # pylint: disable=import-outside-toplevel
@@ -159,8 +165,7 @@ def main(argv=None):
   try:
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     config, params, tok = llm_jax.load(args.workdir)
-    overrides = {f: getattr(args, f) for f in ("rope_scaling", "rope_scaling_factor", "rope_original_max_len",
-                                               "rope_theta") if getattr(args, f) is not None}
+    overrides = {f: getattr(args, f) for f, _ in _ROPE_OVERRIDES if getattr(args, f) is not None}
     model_config = config_lib.model_config(config).replace(**overrides)
   except (ValueError, FileNotFoundError, config_lib.ConfigError) as e:
     parser.exit(2, f"needle: {e}\n")

@@ -125,10 +125,7 @@ def rope_frequencies(cfg: ModelConfig) -> tuple:
             in between is interpolated smoothly.
   """
   half = cfg.head_dim // 2
-  theta = cfg.rope_theta
-  if cfg.rope_scaling == "ntk":
-    theta = theta * cfg.rope_scaling_factor ** (cfg.head_dim / (cfg.head_dim - 2))
-  inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  inv_freq = 1.0 / rope_base(cfg) ** (jnp.arange(half, dtype=jnp.float32) / half)
   factor, old = cfg.rope_scaling_factor, cfg.rope_original_max_len
   if cfg.rope_scaling == "linear":
     return inv_freq / factor, 1.0
@@ -138,7 +135,7 @@ def rope_frequencies(cfg: ModelConfig) -> tuple:
     low = max(math.floor(dim(cfg.rope_yarn_beta_fast)), 0)
     high = min(math.ceil(dim(cfg.rope_yarn_beta_slow)), cfg.head_dim - 1)
     ramp = jnp.clip((jnp.arange(half, dtype=jnp.float32) - low) / max(high - low, 0.001), 0, 1)
-    attention_factor = cfg.rope_attention_factor or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+    attention_factor = cfg.rope_attention_factor or yarn_mscale(factor)
     return inv_freq / factor * ramp + inv_freq * (1 - ramp), attention_factor
   if cfg.rope_scaling == "llama3":
     low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
@@ -149,6 +146,18 @@ def rope_frequencies(cfg: ModelConfig) -> tuple:
     medium = (wavelen >= old / high) & (wavelen <= old / low)
     inv_freq = jnp.where(medium, smoothed, scaled)
   return inv_freq, 1.0
+
+
+def rope_base(cfg: ModelConfig) -> float:
+  """The theta frequencies are computed from: rope_theta, or with NTK-aware scaling theta * factor^(H/(H-2))."""
+  if cfg.rope_scaling == "ntk":
+    return cfg.rope_theta * cfg.rope_scaling_factor ** (cfg.head_dim / (cfg.head_dim - 2))
+  return cfg.rope_theta
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+  """YaRN's attention scale for a scaling factor (transformers' yarn_get_mscale): 0.1 mscale ln(factor) + 1."""
+  return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
 
 
 def rope(x_BTNH, positions_BT, inv_freq_H2, attention_factor: float = 1.0):
