@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llm_jax.model import ModelConfig, Transformer
-from llm_jax.model.layers import rope, rope_frequencies
+from llm_jax.model.layers import matmul, plain_attention, rope, rope_frequencies
 
 BASE = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=48,
                    max_seq_len=16)
@@ -157,6 +157,41 @@ def test_bf16_compute_is_close_to_fp32():
   assert lp16.dtype == jnp.float32
   assert float(jnp.max(jnp.abs(lp32 - lp16))) < 0.05
   assert float(jnp.max(jnp.abs(lp32 - lp16))) > 0  # it really computed in bf16
+
+
+@pytest.mark.parametrize("n_in,x_shape,k_shape", [(1, (2, 5, 6), (6, 3, 4)), (2, (2, 5, 3, 4), (3, 4, 6))])
+def test_matmul_is_tensordot_values_and_gradients(n_in, x_shape, k_shape):
+  """layers.matmul (one 2-D dot, float32 accumulation) computes jnp.tensordot, gradients included, and returns
+  x's dtype."""
+  x, k = (jax.random.normal(jax.random.PRNGKey(i), s) for i, s in enumerate((x_shape, k_shape)))
+  value_and_grads = lambda f: jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)
+  value, grads = value_and_grads(lambda x, k: matmul(x, k, n_in))
+  want_value, want_grads = value_and_grads(lambda x, k: jnp.tensordot(x, k, n_in))
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for g, w in zip(grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  assert matmul(x, k, n_in).shape == x_shape[:len(x_shape) - n_in] + k_shape[n_in:]
+  assert matmul(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), n_in).dtype == jnp.bfloat16
+  bf16 = lambda x, k: jnp.sum(jnp.sin(matmul(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), n_in).astype(jnp.float32)))
+  for g16, g in zip(jax.grad(bf16, (0, 1))(x, k), grads):  # bf16 products (the CPU's own gradient path)
+    assert g16.dtype == jnp.float32 and float(jnp.max(jnp.abs(g16 - g))) < 0.05 * float(jnp.max(jnp.abs(g)))
+
+
+def test_plain_attention_is_softmax_attention():
+  """plain_attention against the formula written out per head: softmax(q k^T / sqrt(H) + causal and segment
+  mask) v, with grouped query heads sharing their key/value head."""
+  b, t, kv, g, h = 2, 6, 2, 3, 4
+  q = jax.random.normal(jax.random.PRNGKey(0), (b, t, kv, g, h))
+  k, v = (jax.random.normal(jax.random.PRNGKey(i), (b, t, kv, h)) for i in (1, 2))
+  seg = jnp.array([[1, 1, 1, 2, 2, 2], [1, 1, 2, 2, 2, 3]])
+  got = plain_attention(q, k, v, seg)
+  visible = (jnp.tril(jnp.ones((t, t), bool))[None] & (seg[:, :, None] == seg[:, None, :]))  # [B, T, S]
+  for kh in range(kv):
+    for gh in range(g):
+      scores = jnp.einsum("bth,bsh->bts", q[:, :, kh, gh], k[:, :, kh]) / np.sqrt(h)
+      probs = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+      np.testing.assert_allclose(got[:, :, kh, gh], jnp.einsum("bts,bsh->bth", probs, v[:, :, kh]),
+                                 rtol=1e-5, atol=1e-6)
 
 
 def test_rope_depends_only_on_relative_position():
