@@ -49,7 +49,7 @@ from llm_jax.inference import engine as engine_lib
 from llm_jax.inference import sample
 from llm_jax.model import ModelConfig, Transformer
 from llm_jax.training import checkpoint, metrics as metrics_lib, optim
-from llm_jax.training import sft
+from llm_jax.training import host, sft
 from llm_jax.training import state as state_lib
 from llm_jax.training.distill import distill_loss
 from llm_jax.training.step import make_eval_step, make_train_step, next_token_loss
@@ -511,6 +511,7 @@ STAGES = {"pretrain": pretrain, "distill": pretrain, "sft": pretrain,  # the sam
 
 def main(argv):
   del argv
+  host.keep_freed_memory()  # before JAX starts its backend
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save/restore at INFO
   if _CONFIG.value is None:

@@ -187,3 +187,33 @@ def test_bench_train_with_the_hf_peer():
   assert result["peer_tokens_per_sec"] > 0 and result["step_memory_mb"] > 0 and result["compile_s"] > 0
   assert result["ratio_tokens_per_sec_vs_peer"] == pytest.approx(
       result["tokens_per_sec"] / result["peer_tokens_per_sec"])
+
+
+_REUSE_PROBE = """
+import ctypes, resource
+from llm_jax.training import host
+applied = host.keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def touch(n=256 << 20):  # a block the size of one of XLA:CPU's step temporaries, written and freed
+  p = libc.malloc(n)
+  ctypes.memset(p, 1, n)
+  libc.free(p)
+touch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (training/host.py)")
+def test_keep_freed_memory_reuses_a_freed_block_without_page_faults():
+  """training/host.py: after keep_freed_memory() a freed 256 MB block is written again without new page faults;
+  with LLM_JAX_HOST_MALLOC=system glibc unmaps it and every page faults again (65,536 of them)."""
+  faults = {}
+  for setting in ("", "system"):
+    out = subprocess.run([sys.executable, "-c", _REUSE_PROBE], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": ROOT, "LLM_JAX_HOST_MALLOC": setting}).stdout.split()
+    faults[setting] = (out[0], int(out[1]))
+  assert faults[""][0] == "True" and faults[""][1] < 1000
+  assert faults["system"][0] == "False" and faults["system"][1] > 30000
