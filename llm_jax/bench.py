@@ -1,7 +1,7 @@
 """Benchmarks; each prints one JSON line on stdout (progress goes to stderr).
 
     python -m llm_jax.bench decode --config configs/bench_cpu.py [--workdir runs/bench_cpu] [--peer hf]
-    python -m llm_jax.bench train --config configs/bench_cpu.py [--peer hf] [--steps 10]
+    python -m llm_jax.bench train --config configs/bench_cpu_train.py [--peer hf] [--steps 10]
     python -m llm_jax.bench dedup --config configs/tiny.py
     python -m llm_jax.bench serve --workdir runs/sft_tiny [--requests 200] [--batch 8] [--max_waiting 64]
     python -m llm_jax.bench attention --config configs/bench_cpu.py [--lengths 1024,4096,16384,65536]
@@ -29,8 +29,9 @@ not in it; after compiling, --repeats runs of --steps steps, the median reported
 compile_s, mfu (ModelConfig.flops_per_token, the trainer's count, over the fp32 or bf16 matmul peak measured
 here, metrics.measure_peak_flops, as the trainer does), step_memory_mb (XLA's arguments + outputs - aliased +
 temporaries of the compiled step). With --peer hf: Hugging Face transformers' LlamaForCausalLM of the same
-shape (float32, torch AdamW, the same batch, all cores) timed the same way in the same run: peer_* and
-ratio_tokens_per_sec_vs_peer.
+shape (float32, torch AdamW, the same batch, all cores; with model.dtype=bfloat16 its forward under
+torch.autocast to bf16), in a process of its own, timed in turns with llm_jax's step in the same run:
+peer_* and ratio_tokens_per_sec_vs_peer.
 
 serve: llm_jax.serve's HTTP server on a fine-tuned --workdir (in this process, on a free loopback port),
 --batch rows and --max_waiting queue places, hit by a warm-up of --batch requests and then --requests
@@ -58,12 +59,15 @@ timed runs after a warm-up (compilation excluded), each run timing prefill + dec
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+import traceback
 
 import flax.linen as nn
 import jax
@@ -76,6 +80,7 @@ from llm_jax import config as config_lib
 from llm_jax.inference import engine as engine_lib
 from llm_jax.model import Transformer, quant
 from llm_jax.model.transformer import init_cache, unstack_layers
+from llm_jax.training import host
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/bench_cpu.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run of this shape: its weights and bits per byte.")
@@ -103,13 +108,8 @@ def _log(msg: str):
 
 
 def _median_time(fn, repeats: int) -> float:
-  fn()  # warm-up: compiles
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  """The median seconds of `repeats` calls of fn after a warm-up call (which compiles)."""
+  return _interleaved_median_times({"": fn}, repeats)[""]
 
 
 def variant(model, params, name: str):
@@ -315,47 +315,111 @@ def bench_train(config) -> dict:
       state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
 
-  step_s = _median_time(run, _REPEATS.value) / steps
+  runs = {"": run}
+  if _PEER.value == "hf":
+    peer_run, peer_info = hf_train_peer(cfg, ids, config.train, steps)
+    runs["peer_"] = peer_run
+  step_s = {name: s / steps for name, s in _interleaved_median_times(runs, _REPEATS.value).items()}
   tokens = b * t
   result = {"bench": "train", "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "params": cfg.num_params(), "batch": b, "seq_len": t, "dtype": config.model.dtype,
-            "tokens_per_sec": tokens / step_s, "step_ms": 1e3 * step_s, "compile_s": compile_s,
-            "mfu": cfg.flops_per_token(t) * tokens / step_s / peak, "peak_flops": peak,
+            "tokens_per_sec": tokens / step_s[""], "step_ms": 1e3 * step_s[""], "compile_s": compile_s,
+            "mfu": cfg.flops_per_token(t) * tokens / step_s[""] / peak, "peak_flops": peak,
             "step_memory_mb": (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                                + mem.temp_size_in_bytes) / 2 ** 20}
   _log(f"llm_jax: {result['tokens_per_sec']:.0f} tok/s, {result['step_ms']:.0f} ms/step, mfu {result['mfu']:.3f}")
   if _PEER.value == "hf":
-    result.update(hf_train_peer(cfg, ids, config.train, steps, _REPEATS.value))
+    result.update(peer=peer_info, peer_tokens_per_sec=tokens / step_s["peer_"], peer_step_ms=1e3 * step_s["peer_"])
     result["ratio_tokens_per_sec_vs_peer"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
+    _log(f"peer: {result['peer_tokens_per_sec']:.0f} tok/s")
   return result
 
 
-def hf_train_peer(cfg, ids: np.ndarray, train_config, steps: int, repeats: int) -> dict:
-  """transformers' LlamaForCausalLM of cfg's shape trained on the rows `ids` [B, T + 1] with torch's AdamW
-  at the config's settings, and its gradient clipping."""
-  torch, transformers, model = _hf_llama(cfg)
-  model.train()
+def _interleaved_median_times(runs: dict, repeats: int) -> dict:
+  """{name: median seconds of one call} of each function, after a warm-up call of each, timed in turns
+  (a, b, a, b, ...) so that a machine that speeds up or slows down during the run (shared CPUs do, by 20%)
+  moves every figure alike and leaves their ratio alone."""
+  for fn in runs.values():
+    fn()
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, fn in runs.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def hf_train_peer(cfg, ids: np.ndarray, train_config, steps: int) -> tuple:
+  """(run, description): `run` trains transformers' LlamaForCausalLM of cfg's shape `steps` steps on the rows
+  `ids` [B, T + 1] with torch's AdamW at the config's settings and its gradient clipping.
+
+  The peer runs in a process of its own (spawned; `run` asks it for one round and waits), with the host
+  settings this one has (training/host.py): in one process the two frameworks' thread pools and the heap
+  they share slowed llm_jax's step by 15-30% for as long as the process lived once torch had trained in it.
+  """
   t = train_config
-  opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.b1, t.b2), eps=t.eps, weight_decay=t.weight_decay)
-  inputs, targets = torch.from_numpy(ids[:, :-1]).long(), torch.from_numpy(ids[:, 1:]).long()
+  hyper = {"lr": t.lr, "betas": (t.b1, t.b2), "eps": t.eps, "weight_decay": t.weight_decay, "grad_clip": t.grad_clip}
+  ctx = multiprocessing.get_context("spawn")
+  conn, child_conn = ctx.Pipe()
+  proc = ctx.Process(target=_hf_train_worker, args=(child_conn, cfg, ids, hyper, steps), daemon=True)
+  proc.start()
+  atexit.register(proc.kill)
+
+  def reply():
+    try:
+      kind, value = conn.recv()
+    except EOFError:
+      raise RuntimeError(f"the Hugging Face peer's process died (exit code {proc.exitcode})") from None
+    if kind == "error":
+      raise RuntimeError(f"the Hugging Face peer failed:\n{value}")
+    return value
+
+  description = reply()
 
   def run():
-    for _ in range(steps):
-      logits = model(inputs).logits
-      loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-      loss.backward()
-      if t.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-      opt.step()
-      opt.zero_grad(set_to_none=True)
+    conn.send("run")
+    reply()
 
-  step_s = _median_time(run, repeats) / steps
-  attention = model.config._attn_implementation  # pylint: disable=protected-access
-  out = {"peer": f"transformers {transformers.__version__} LlamaForCausalLM + torch AdamW, torch {torch.__version__}, "
-                 f"{torch.get_num_threads()} threads, attention {attention}",
-         "peer_tokens_per_sec": ids.shape[0] * (ids.shape[1] - 1) / step_s, "peer_step_ms": 1e3 * step_s}
-  _log(f"peer: {out['peer_tokens_per_sec']:.0f} tok/s")
-  return out
+  return run, description
+
+
+def _hf_train_worker(conn, cfg, ids: np.ndarray, hyper: dict, steps: int):
+  """hf_train_peer's process: builds the peer, sends its description, then trains `steps` steps per "run"."""
+  try:
+    host.keep_freed_memory()
+    torch, transformers, model = _hf_llama(cfg)
+    model.train()
+    grad_clip = hyper.pop("grad_clip")
+    opt = torch.optim.AdamW(model.parameters(), **hyper)
+    inputs, targets = torch.from_numpy(ids[:, :-1]).long(), torch.from_numpy(ids[:, 1:]).long()
+    # A bfloat16 run is compared with torch's mixed precision: float32 weights and AdamW, the forward under
+    # autocast (bf16 matmuls), as llm_jax keeps float32 parameters and computes in bf16.
+    bf16 = cfg.dtype == "bfloat16"
+    attention = model.config._attn_implementation  # pylint: disable=protected-access
+    conn.send(("ok", f"transformers {transformers.__version__} LlamaForCausalLM + torch AdamW, torch "
+                     f"{torch.__version__}, {torch.get_num_threads()} threads, attention {attention}"
+                     + (", bf16 autocast" if bf16 else "")))
+    while _next_request(conn) == "run":
+      for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+          logits = model(inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss.backward()
+        if grad_clip > 0:
+          torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+      conn.send(("ok", None))
+  except Exception:  # pylint: disable=broad-except  # reported in the parent, which raises
+    conn.send(("error", traceback.format_exc()))
+
+
+def _next_request(conn):
+  try:
+    return conn.recv()
+  except EOFError:  # the bench has exited
+    return None
 
 
 def bench_dedup(config, max_mb: float = 4.0) -> dict:
@@ -505,6 +569,7 @@ def main(argv):
     raise app.UsageError("usage: python -m llm_jax.bench {train,decode,dedup,attention} --config configs/NAME.py "
                          "[...] | serve --workdir DIR [...]")
   logging.set_verbosity(logging.WARNING)  # checkpoint restore logs every step at INFO
+  host.keep_freed_memory()  # as training does (llm_jax/training/host.py), before JAX starts its backend
   if argv[1] == "serve":
     if not _WORKDIR.value:
       raise app.UsageError("serve needs --workdir (a fine-tuned run)")

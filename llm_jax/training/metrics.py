@@ -3,8 +3,10 @@ and model FLOPs utilisation against the *measured* matmul peak of the device.
 
 MFU = tokens/s x FLOPs/token / (measured peak FLOP/s per device x devices). FLOPs/token follows the PaLM
 convention: 6 x (parameters used in matmuls) + 12 x layers x heads x head_dim x seq_len for attention.
-The peak is the best of several timed square matmuls in the compute dtype on this device, not a
-datasheet number, so CPU runs report an MFU that means something.
+The peak is the best of several timed square matmuls in the compute dtype on this device, accumulated in
+float32 as the model's matmuls are (llm_jax/model/layers.py `matmul`), not a datasheet number, so CPU runs
+report an MFU that means something. In bfloat16 that peak is the CPU's bf16 matrix units where it has them
+(AMX: ~2 TFLOP/s on 2 cores, against ~0.3 in float32).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def measure_peak_flops(dtype: str = "float32", n: int | None = None, repeats: in
   device = jax.local_devices()[0]
   n = n or (1024 if device.platform == "cpu" else 8192)
   a = jax.device_put(jnp.ones((n, n), dtype), device)
-  matmul = jax.jit(lambda x: x @ x)
+  matmul = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32).astype(x.dtype))
   matmul(a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
