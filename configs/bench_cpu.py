@@ -1,7 +1,7 @@
 """The CPU benchmark shape: d_model 384, 6 layers, 6 query / 2 kv heads (head_dim 64), SwiGLU 1024,
-vocabulary 8192 (15.7M parameters, 12.6M of them in matmuls). `llm_jax.bench` uses it (decode here,
-training throughput in #14), and it is a pretraining config, so a trained copy gives the benchmark
-validation numbers (bits per byte of quantized vs float weights):
+vocabulary 8192 (15.7M parameters, 12.6M of them in matmuls). `llm_jax.bench` decodes with it (training
+throughput uses configs/bench_cpu_train.py, this shape with SwiGLU 1536), and it is a pretraining config,
+so a trained copy gives the benchmark validation numbers (bits per byte of quantized vs float weights):
 
     python -m llm_jax.train --config configs/bench_cpu.py                   # runs/bench_cpu, ~150 steps
     python -m llm_jax.bench decode --config configs/bench_cpu.py --workdir runs/bench_cpu --peer hf
