@@ -38,6 +38,8 @@ MESHES = {  # name -> (mesh, grad_accum[, model fields])
     "context4_fsdp2": (dict(data=1, context=4, fsdp=2), 1, dict(context_impl="allgather")),
     # K/V around the ring, on the zigzag split (each device holds chunks i and 7-i of 8).
     "context4_ring_zigzag": (dict(data=1, context=4, fsdp=2), 1, dict(context_impl="ring", context_balance="zigzag")),
+    # bfloat16 compute: XLA:CPU once aborted compiling this gradient (model/blockwise.py: _gather).
+    "context4_fsdp2_bf16": (dict(data=1, context=4, fsdp=2), 1, dict(context_impl="allgather", dtype="bfloat16")),
 }
 
 

@@ -51,8 +51,8 @@ def test_parameters_are_created_sharded_by_logical_axes():
 
 
 def test_every_mesh_trains_like_one_device():
-  """5 steps under data / fsdp / tensor / context (all-gather; ring on the zigzag split) / mixed / pipeline meshes
-  (and grad accumulation) == 1 device."""
+  """5 steps under data / fsdp / tensor / context (all-gather, also in bfloat16; ring on the zigzag split) /
+  mixed / pipeline meshes (and grad accumulation) == 1 device."""
   runs = json.loads(_run([sys.executable, os.path.join(ROOT, "tests", "mesh_losses.py")], devices=8))
   one = runs.pop("one_device")
   assert one["losses"][-1] < one["losses"][0] - 0.2  # it learns, so every update shows in later losses
@@ -61,8 +61,9 @@ def test_every_mesh_trains_like_one_device():
   assert runs["stage2_data2_tensor2"]["microbatches"] == 4  # the default: 2 x stages
   assert runs["tensor8"]["mesh"]["tensor"] == 8
   for name, run in runs.items():
-    np.testing.assert_allclose(run["losses"], one["losses"], rtol=1e-5, err_msg=name)
-    np.testing.assert_allclose(run["eval_nats"], one["eval_nats"], rtol=1e-5, err_msg=name)
+    rtol = 2e-2 if name.endswith("_bf16") else 1e-5  # bfloat16 products against the float32 one-device run
+    np.testing.assert_allclose(run["losses"], one["losses"], rtol=rtol, err_msg=name)
+    np.testing.assert_allclose(run["eval_nats"], one["eval_nats"], rtol=rtol, err_msg=name)
 
 
 def test_context_parallel_ring_and_zigzag_equal_plain_attention_values_and_gradients():

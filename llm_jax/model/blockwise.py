@@ -233,8 +233,7 @@ def _offsets(device, ways: int, piece: int, zigzag_: bool) -> tuple:
 
 def _allgather(q, k, v, seg, block: int, ways: int, zigzag_: bool):
   """Local queries (kernel layout) against the all-gathered keys and values, in natural order."""
-  gather = lambda x, axis: jax.lax.all_gather(x, "context", axis=axis, tiled=True)  # noqa: E731
-  k_all, v_all, seg_all = gather(k, 2), gather(v, 2), gather(seg, 1)
+  k_all, v_all, seg_all = _gather(k, 2), _gather(v, 2), _gather(seg, 1)
   if zigzag_:
     k_all, v_all, seg_all = unzigzag(k_all, ways, 2), unzigzag(v_all, ways, 2), unzigzag(seg_all, ways, 1)
   n = 2 if zigzag_ else 1
@@ -243,6 +242,15 @@ def _allgather(q, k, v, seg, block: int, ways: int, zigzag_: bool):
   zero = jnp.zeros((), jnp.int32)
   return jnp.concatenate([_attention(q_a, k_all, v_all, seg_a, seg_all, off, zero, block)
                           for q_a, seg_a, off in zip(q_n, seg_n, offsets)], axis=3)
+
+
+def _gather(x, axis: int):
+  """x all-gathered over the `context` axis. On the CPU bfloat16 travels as float32: XLA:CPU aborts compiling
+  the training step's gradient of a bf16 all-gather ("Invalid binary instruction opcode copy"; jax 0.10)."""
+  gather = lambda x: jax.lax.all_gather(x, "context", axis=axis, tiled=True)  # noqa: E731
+  if x.dtype == jnp.float32 or not jnp.issubdtype(x.dtype, jnp.floating):
+    return gather(x)
+  return jax.lax.platform_dependent(x, cpu=lambda x: gather(x.astype(jnp.float32)).astype(x.dtype), default=gather)
 
 
 def _rotate(xs: tuple, ways: int) -> tuple:
