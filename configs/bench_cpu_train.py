@@ -10,15 +10,13 @@ the unrolled stack 1.2x faster than the scanned one, whose while loop stacks eve
 activations with dynamic-update-slices.
 """
 
-import importlib.util
 import os
+
+from llm_jax.config import load_file
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location("bench_cpu", os.path.join(os.path.dirname(__file__), "bench_cpu.py"))
-  bench_cpu = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench_cpu)
-  config = bench_cpu.get_config()
+  config = load_file(os.path.join(os.path.dirname(__file__), "bench_cpu.py"))
   config.model.d_ff = 1536
   config.model.scan_layers = False
   config.data.batch_size = 8

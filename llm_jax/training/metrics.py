@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from llm_jax.model import layers
+
 
 def measure_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int = 5) -> float:
   """FLOP/s of one of this process's devices on an n x n matmul (best of `repeats` after a warm-up).
@@ -29,12 +31,12 @@ def measure_peak_flops(dtype: str = "float32", n: int | None = None, repeats: in
   device = jax.local_devices()[0]
   n = n or (1024 if device.platform == "cpu" else 8192)
   a = jax.device_put(jnp.ones((n, n), dtype), device)
-  matmul = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32).astype(x.dtype))
-  matmul(a).block_until_ready()
+  product = jax.jit(lambda x: layers.matmul(x, x))  # the model's own product (float32 accumulation)
+  product(a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
     t0 = time.perf_counter()
-    matmul(a).block_until_ready()
+    product(a).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2 * n ** 3 / best
 
