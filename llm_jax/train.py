@@ -3,7 +3,8 @@
     python -m llm_jax.train --config configs/tiny.py [--config.train.steps=3 ...] [--workdir runs/tiny]
 
 Builds everything from the config and runs the loop for `config.stage`. The workdir (default
-`runs/<config file name>`) holds config.json, metrics.jsonl, tb/, tokenizer/, checkpoints/ and samples.txt.
+`runs/<config file name>`) holds config.json, metrics.jsonl, tb/, tokenizer/, checkpoints/ and samples.txt, and
+once a run ends, report.md with its plots (llm_jax/eval/report.py; a failure to write it is only a warning).
 Rerunning on a workdir resumes from its latest checkpoint (or reports the run complete); a workdir whose
 saved config has another model, tokenizer, data source, stage or teacher is refused rather than silently mixed.
 
@@ -43,7 +44,7 @@ from llm_jax import config as config_lib
 from llm_jax import sharding
 from llm_jax import tokenizer as tokenizer_lib
 from llm_jax.data import pipeline, sources, tasks
-from llm_jax.eval import bpb
+from llm_jax.eval import bpb, report
 from llm_jax.eval import tasks as task_eval
 from llm_jax.inference import engine as engine_lib
 from llm_jax.inference import sample
@@ -505,6 +506,14 @@ def ppo(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return ppo_lib.run(config, workdir, sys.modules[__name__])
 
 
+def write_report(workdir: str, summary: dict):
+  """workdir/report.md and its plots (llm_jax/eval/report.py); a failure is a warning: the run has finished."""
+  try:
+    _print(f"report: {report.write(workdir, summary)}")
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("could not write the report of %s: %s: %s", workdir, type(e).__name__, e)
+
+
 STAGES = {"pretrain": pretrain, "distill": pretrain, "sft": pretrain,  # the same loop with other data or loss
           "reward": preference, "dpo": preference, "ppo": ppo, "grpo": grpo}
 
@@ -522,10 +531,12 @@ def main(argv):
   try:
     if config.stage not in STAGES:
       raise config_lib.ConfigError(f"config.stage={config.stage!r}: implemented stages are {sorted(STAGES)}")
-    STAGES[config.stage](config, workdir)
+    summary = STAGES[config.stage](config, workdir)
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if _is_main() and not summary.get("complete"):  # a finished workdir keeps the report of the run that finished it
+    write_report(workdir, summary)
 
 
 if __name__ == "__main__":

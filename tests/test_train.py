@@ -48,6 +48,10 @@ def test_steps_override_runs_exactly_that_many_steps_and_learns(tmp_path):
   evals = [m for m in metrics_lib.read(tmp_path / "run") if "eval/bpb" in m]
   assert [m["step"] for m in evals] == [0, 3]
   assert "summary:" in proc.stdout + proc.stderr
+  report = (tmp_path / "run" / "report.md").read_text()  # llm_jax/eval/report.py, written at the end of the run
+  assert f"report: {tmp_path / 'run' / 'report.md'}" in proc.stdout + proc.stderr
+  assert "- stage: pretrain" in report and "- steps: 3" in report and "- wall time: n/a" not in report
+  assert f"| loss | {losses[0][1]:.4g} (1) | {losses[-1][1]:.4g} (3) |" in report
 
 
 def test_unknown_override_key_names_the_key(tmp_path):
