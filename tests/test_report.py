@@ -149,7 +149,7 @@ def test_card_in_stage_order_with_verdicts_and_na(tmp_path):
   assert rows["pretrain", "eval/bpb"] == (dirs["pretrain"], "lower", "3.28 (0)", "1.75 (4)", "✓")
   assert rows["reward", "eval/accuracy"] == (dirs["reward"], "higher", "0.5 (0)", "0.4 (2)", "✗")
   assert rows["reward", "eval/loss"][-1] == "✗" and rows["sft", "eval/loss"][-1] == "✓"
-  assert rows["sft", "eval/arithmetic/tools_on"][2:] == ("n/a", "0.6 (4)", "n/a")  # logged once: no before
+  assert rows["sft", "eval/arithmetic/tools_on"][2:] == ("0.3 (tools_off)", "0.6 (4)", "✓")  # against tools off
   assert rows["ppo", "eval/gold"][2:] == rows["ppo", "eval/proxy"][2:] == ("n/a", "n/a", "n/a")
   assert rows["grpo", "eval/arithmetic/pass@1"][2:] == ("0.59 (0)", "0.71 (2)", "✓")
   assert rows["grpo", "eval/arithmetic/greedy"][-1] == "✓"

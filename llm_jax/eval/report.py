@@ -19,7 +19,8 @@ process or a notebook switches no backend. matplotlib is a dev extra: without it
 line and has no plots.
 
 `card(workdirs)` is one table in pipeline order (config.STAGES): for each stage the HEADLINES metrics, first
-and last value, and whether they moved the better way; a metric a workdir never logged reads "n/a".
+and last value (SFT's tool tasks: tools off and tools on), and whether they moved the better way; a metric a
+workdir never logged reads "n/a".
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from llm_jax import config as config_lib
 from llm_jax.training import metrics as metrics_lib
 
 # What says whether a stage worked, and which way is better; "*" stands for a task name (one row per task).
+# A third element (old, new) compares the key's last value with that of the key with old replaced by new
+# instead of with its own first value: SFT's tool tasks are measured once, at the end, with tools on and off.
 HEADLINES = {
     "pretrain": (("eval/bpb", "lower"), ("eval/loss", "lower")),
     "distill": (("eval/bpb", "lower"), ("eval/loss", "lower")),
-    "sft": (("eval/*/tools_on", "higher"), ("eval/loss", "lower")),
+    "sft": (("eval/*/tools_on", "higher", ("/tools_on", "/tools_off")), ("eval/loss", "lower")),
     "reward": (("eval/accuracy", "higher"), ("eval/loss", "lower")),
     "dpo": (("eval/gold", "higher"), ("eval/accuracy", "higher")),
     "ppo": (("eval/gold", "higher"), ("eval/proxy", "higher")),
@@ -212,14 +215,21 @@ def write(workdir: str, summary: dict | None = None) -> str:
 
 def _card_rows(workdir: str, stage: str, points: dict) -> list[str]:
   rows = []
-  for pattern, better in HEADLINES.get(stage, ()):
+  for pattern, better, *against in HEADLINES.get(stage, ()):
     for key in sorted(k for k in points if fnmatch.fnmatchcase(k, pattern)) or [pattern]:
       values = points.get(key, [])
-      before = f"{_number(values[0][1])} ({values[0][0]})" if len(values) >= 2 else "n/a"
+      start = None  # (label, value) to compare the last value with
+      if against:  # the last value of a sibling key, labelled with its name after the "/"
+        baseline = key.replace(*against[0])
+        if values and points.get(baseline):
+          start = (baseline.rsplit("/", 1)[-1], points[baseline][-1][1])
+      elif len(values) >= 2:
+        start = values[0]
+      before = f"{_number(start[1])} ({start[0]})" if start else "n/a"
       after = f"{_number(values[-1][1])} ({values[-1][0]})" if values else "n/a"
       verdict = "n/a"
-      if len(values) >= 2:
-        first, last = values[0][1], values[-1][1]
+      if start:
+        first, last = start[1], values[-1][1]
         verdict = "✓" if (last < first if better == "lower" else last > first) else "✗"
       rows.append(f"| {stage} | {workdir} | {key} | {better} | {before} | {after} | {verdict} |")
   return rows or [f"| {stage} | {workdir} | n/a | n/a | n/a | n/a | n/a |"]
@@ -235,8 +245,8 @@ def card(workdirs: Sequence[str], out: str | None = None) -> str:
   order = {stage: i for i, stage in enumerate(config_lib.STAGES)}
   runs.sort(key=lambda run: order.get(run[1], len(order)))  # stable: workdirs of one stage keep their order
   lines = ["# Report card", "",
-           "First and last logged value of each stage's headline metrics (step in parentheses); ✓ when it moved "
-           "the better way.", "",
+           "First and last logged value of each stage's headline metrics (step in parentheses; SFT's tool tasks: "
+           "tools off against tools on); ✓ when it moved the better way.", "",
            "| stage | workdir | metric | better | before | after | ✓/✗ |", "|---|---|---|---|---|---|---|"]
   for workdir, stage, points in runs:
     lines += _card_rows(workdir, stage, points)
