@@ -39,9 +39,10 @@ setup(
         # brings libtpu (the TPU compiler, ~700 MB) for the ahead-of-time compilation tests (llm_jax/aot.py); its
         # bound matches install_requires, and jax's tpu extra pins libtpu to the jax release that is installed.
         # The serving tests drive the API with the openai client and the web page with selenium (through
-        # Debian's chromium and chromium-driver, which .ci/run installs).
+        # Debian's chromium and chromium-driver, which .ci/run installs). The notebooks run in an ipykernel of the
+        # test's interpreter through nbclient (tests/test_notebooks.py).
         "dev": ["pytest>=8", "pytest-xdist", "matplotlib", "safetensors>=0.4", "tiktoken", "tokenizers",
                 "transformers>=5,<6", "torch==2.13.0", "jax[tpu]>=0.7", "hypothesis", "pyarrow", "ray[data]>=2.40",
-                "openai>=1.40", "selenium>=4.20"],
+                "openai>=1.40", "selenium>=4.20", "nbclient", "nbformat", "ipykernel"],
     },
 )
