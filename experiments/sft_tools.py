@@ -1,6 +1,7 @@
 """Claims (issue #8): after a short SFT on synthetic tool conversations, the tiny model solves held-out
 arithmetic with the calculator and letter counting with sandboxed Python far better with tools on than off;
-LoRA on under 5% of the parameters gets close to full fine-tuning.
+whether LoRA on under 5% of the parameters gets close to full fine-tuning (at 900 steps it does not:
+sft_tools.md).
 
     python experiments/sft_tools.py [--base runs/tiny] [--lora 8:1e-2 --lora 12:1e-2 --lora 16:1e-2]
 
@@ -12,8 +13,8 @@ problems per checked task, with tools on and with tools off (the model then writ
 experiments/sft_tools.{md,json}: accuracy per task and mode, the exact-call rate, held-out loss on assistant
 tokens, trainable parameters, wall time.
 
-CPU budget: pretraining ~7.4 min and each SFT run ~8-10 min including its evaluation on this 2-core machine
-(measured alone 2026-12-02: pretraining 443.8 s, full SFT 620.6 s); results in sft_tools.md.
+CPU budget on this 2-core machine: pretraining ~4 min, each 900-step SFT run ~13 min alone including its
+evaluation (2026-12-04); results in sft_tools.md.
 """
 
 import argparse

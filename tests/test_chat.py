@@ -149,6 +149,24 @@ def test_tasks_are_correct_and_held_out_problems_never_reach_training():
   assert not tasks.TASKS["counting"](rng, "val").check("I think it is 12 or so, maybe 13")  # wrong number
 
 
+def test_repeat_says_the_quoted_text_back_and_keeps_held_out_words_out_of_training(small_tokenizer):
+  """`repeat` is copying practice: the answer quotes the question's text after the same ' "' (so its tokens are
+  the question's), and no word of a held-out text (the counting/spelling evaluation words) is ever trained."""
+  rng = random.Random(0)
+  examples = {split: [tasks.TASKS["repeat"](rng, split) for _ in range(300)] for split in ("train", "val")}
+  for e in examples["train"] + examples["val"]:
+    question, answer = (m["content"] for m in e.conversation)
+    assert f'"{e.answer}"' in question and f'"{e.answer}"' in answer and e.check(answer)
+    quoted = small_tokenizer.encode(f' "{e.answer}"')
+    ids = small_tokenizer.encode(question)
+    assert any(ids[i:i + len(quoted)] == quoted for i in range(len(ids))), question
+  assert not examples["val"][0].check("something else entirely")
+  words = lambda split: {w for e in examples[split] for w in e.answer.split()}
+  spelled = {tasks.TASKS["spelling"](rng, "val").answer.replace("-", "") for _ in range(200)}
+  assert not words("train") & (words("val") | spelled) and words("val") & spelled
+  assert max(len(e.answer.split()) for e in examples["train"]) > 1  # multi-word texts: longer copies
+
+
 @pytest.mark.parametrize("task", ["counting", "spelling"])
 def test_tool_code_quotes_the_word_with_the_questions_tokens(small_tokenizer, task):
   """The word's tokens, with the token before and after it, are the same in the question and in the code: the

@@ -13,10 +13,11 @@ problem never appears in training, whatever the seed or the number of examples d
 Registered tasks: identity (who/what the assistant is), arithmetic (multi-digit + - * as questions and word
 problems, solved with the calculator tool), arithmetic_followup (a second turn that builds on the first
 answer), counting (how many times a letter occurs in a word, solved with the Python tool), spelling (a word
-letter by letter, with the Python tool), countdown (reach a target from given numbers with + - *, checked by
-value: any valid expression counts; the reasoning-RL task of llm_jax/rl/grpo.py), compare (which of two
-numbers is larger, answered without tools in styles of mixed quality, with a hidden rule-based gold judge
-and gold-labelled preference pairs: the RLHF task). `mixture` draws from several by weight.
+letter by letter, with the Python tool), repeat (say a quoted text back, no tool: copying practice for counting
+and spelling), countdown (reach a target from given numbers with + - *, checked by value: any valid expression
+counts; the reasoning-RL task of llm_jax/rl/grpo.py), compare (which of two numbers is larger, answered without
+tools in styles of mixed quality, with a hidden rule-based gold judge and gold-labelled preference pairs: the
+RLHF task). `mixture` draws from several by weight.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TASKS: dict[str, Callable[[random.Random, str], Example]] = {
     "arithmetic_followup": arithmetic.make_followup,
     "counting": spelling.make_counting,
     "spelling": spelling.make_spelling,
+    "repeat": spelling.make_repeat,
     "countdown": countdown.make,
     "compare": compare.make,
 }
