@@ -15,6 +15,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from llm_jax.training import host  # noqa: E402
+
+host.keep_freed_memory()  # as python -m llm_jax.train does, before JAX starts its backend (~12% faster steps)
+
 import jax  # noqa: E402
 
 from llm_jax import config as config_lib, sharding, tokenizer as tokenizer_lib  # noqa: E402

@@ -88,7 +88,7 @@ def test_02_sft_chat_tools(tmp_path, monkeypatch):
 def test_03_alignment_rl(tmp_path, monkeypatch):
   nb, text, runs = _execute("03_alignment_rl.ipynb", tmp_path, monkeypatch)
   card = (runs / "card.md").read_text(encoding="utf-8")
-  for stage, metric in (("pretrain", "eval/bpb"), ("sft", "eval/compare/tools_on"), ("reward", "eval/accuracy"),
+  for stage, metric in (("pretrain", "eval/bpb"), ("sft", "eval/loss"), ("sft", "eval/arithmetic/tools_on"), ("reward", "eval/accuracy"),
                         ("ppo", "eval/gold"), ("dpo", "eval/gold"), ("grpo", "eval/arithmetic/pass@1")):
     assert re.search(rf"^\| {stage} \| [^|]+ \| {re.escape(metric)} \| .* \| [✓✗] \|$", card, re.MULTILINE), card
   assert "# Report card" in text and _images(nb) >= 1

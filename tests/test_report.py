@@ -40,13 +40,14 @@ def pretrain_records():
 def sft_records():
   return [{"step": 0, "eval/loss": 2.0, "eval/bpb": 1.4}, {"step": 2, "loss": 1.8, "lr": 1e-4},
           {"step": 4, "loss": 1.2, "lr": 5e-5}, {"step": 4, "eval/loss": 1.5, "eval/bpb": 1.0},
-          {"step": 4, "eval/arithmetic/tools_on": 0.6, "eval/arithmetic/tools_off": 0.3}]
+          {"step": 4, "eval/arithmetic/tools_on": 0.6, "eval/arithmetic/tools_off": 0.3,
+           "eval/arithmetic/exact_call": 0.9, "eval/compare/tools_on": 0.2, "eval/compare/tools_off": 0.2}]
 
 
 def reward_records():  # held-out accuracy got worse
-  return [{"step": 0, "eval/loss": 0.69, "eval/accuracy": 0.5, "eval/margin": 0.0},
+  return [{"step": 0, "eval/accuracy": 0.5, "eval/margin": 0.0},
           {"step": 2, "loss": 0.6, "accuracy": 0.7, "margin": 0.3, "lr": 1e-4},
-          {"step": 2, "eval/loss": 0.72, "eval/accuracy": 0.4, "eval/margin": -0.1}]
+          {"step": 2, "eval/accuracy": 0.4, "eval/margin": -0.1}]
 
 
 def grpo_records():
@@ -148,8 +149,9 @@ def test_card_in_stage_order_with_verdicts_and_na(tmp_path):
       + ["grpo"] * 2
   assert rows["pretrain", "eval/bpb"] == (dirs["pretrain"], "lower", "3.28 (0)", "1.75 (4)", "✓")
   assert rows["reward", "eval/accuracy"] == (dirs["reward"], "higher", "0.5 (0)", "0.4 (2)", "✗")
-  assert rows["reward", "eval/loss"][-1] == "✗" and rows["sft", "eval/loss"][-1] == "✓"
+  assert rows["reward", "eval/margin"][-1] == "✗" and rows["sft", "eval/loss"][-1] == "✓"
   assert rows["sft", "eval/arithmetic/tools_on"][2:] == ("0.3 (tools_off)", "0.6 (4)", "✓")  # against tools off
+  assert ("sft", "eval/compare/tools_on") not in rows  # a task without a tool call: tools cannot help it
   assert rows["ppo", "eval/gold"][2:] == rows["ppo", "eval/proxy"][2:] == ("n/a", "n/a", "n/a")
   assert rows["grpo", "eval/arithmetic/pass@1"][2:] == ("0.59 (0)", "0.71 (2)", "✓")
   assert rows["grpo", "eval/arithmetic/greedy"][-1] == "✓"

@@ -39,13 +39,15 @@ from llm_jax import config as config_lib
 from llm_jax.training import metrics as metrics_lib
 
 # What says whether a stage worked, and which way is better; "*" stands for a task name (one row per task).
-# A third element (old, new) compares the key's last value with that of the key with old replaced by new
-# instead of with its own first value: SFT's tool tasks are measured once, at the end, with tools on and off.
+# A third element (old, new, needed) compares the key's last value with that of the key with old replaced by
+# new instead of with its own first value, for keys whose sibling with old replaced by needed was logged: SFT's
+# tool tasks are measured once, at the end, with tools on and off, and only tasks solved with a tool call
+# (eval/<task>/exact_call) can gain from tools (sft_compare's task has none).
 HEADLINES = {
     "pretrain": (("eval/bpb", "lower"), ("eval/loss", "lower")),
     "distill": (("eval/bpb", "lower"), ("eval/loss", "lower")),
-    "sft": (("eval/*/tools_on", "higher", ("/tools_on", "/tools_off")), ("eval/loss", "lower")),
-    "reward": (("eval/accuracy", "higher"), ("eval/loss", "lower")),
+    "sft": (("eval/loss", "lower"), ("eval/*/tools_on", "higher", ("/tools_on", "/tools_off", "/exact_call"))),
+    "reward": (("eval/accuracy", "higher"), ("eval/margin", "higher")),
     "dpo": (("eval/gold", "higher"), ("eval/accuracy", "higher")),
     "ppo": (("eval/gold", "higher"), ("eval/proxy", "higher")),
     "grpo": (("eval/*/pass@1", "higher"), ("eval/*/greedy", "higher")),
@@ -216,11 +218,17 @@ def write(workdir: str, summary: dict | None = None) -> str:
 def _card_rows(workdir: str, stage: str, points: dict) -> list[str]:
   rows = []
   for pattern, better, *against in HEADLINES.get(stage, ()):
-    for key in sorted(k for k in points if fnmatch.fnmatchcase(k, pattern)) or [pattern]:
+    keys = sorted(k for k in points if fnmatch.fnmatchcase(k, pattern))
+    if against:
+      old, new, needed = against[0]
+      keys = [k for k in keys if k.replace(old, needed) in points]
+      if not keys:
+        continue
+    for key in keys or [pattern]:
       values = points.get(key, [])
       start = None  # (label, value) to compare the last value with
       if against:  # the last value of a sibling key, labelled with its name after the "/"
-        baseline = key.replace(*against[0])
+        baseline = key.replace(old, new)
         if values and points.get(baseline):
           start = (baseline.rsplit("/", 1)[-1], points[baseline][-1][1])
       elif len(values) >= 2:
