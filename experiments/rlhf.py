@@ -29,10 +29,7 @@ HACK = {"ppo.kl_coef": 0.0, "ppo.kl_target": 0.0, "train.steps": 150, "train.eva
 def _config(name: str, overrides: dict):
   c = config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
   c.train.progress = False
-  for key, value in overrides.items():
-    section, _, field = key.rpartition(".")
-    (c[section] if section else c)[field] = value
-  return c
+  return config_lib.override(c, overrides)
 
 
 def _stage(name: str, config_name: str, workdir: str, overrides: dict, runs: dict):

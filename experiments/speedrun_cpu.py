@@ -55,13 +55,9 @@ STAGES = ("data", *TRAINING, "report")
 
 def _config(name: str, overrides: dict, out: str):
   c = config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
-  for key, value in overrides.items():
-    if isinstance(value, str) and value.startswith("<"):
-      value = os.path.join(out, value.strip("<>"))
-    section, _, field = key.rpartition(".")
-    (c[section] if section else c)[field] = value
-  config_lib.validate(c)
-  return c
+  workdir = lambda v: os.path.join(out, v.strip("<>")) if isinstance(v, str) and v.startswith("<") else v
+  config_lib.override(c, {key: workdir(value) for key, value in overrides.items()})
+  return config_lib.validate(c)
 
 
 def data(out: str) -> dict:

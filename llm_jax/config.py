@@ -467,6 +467,21 @@ def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str |
   return None
 
 
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys ({"train.steps": 10, "ppo.reward_model": ...}) of a config, as --config.KEY=VALUE flags do,
+  for Python callers (experiments, notebooks); a misspelt key fails naming it and its near misses."""
+  for key, value in overrides.items():
+    message = unknown_key_message(config, key)
+    if message:
+      raise ConfigError(message)
+    *sections, field = key.split(".")
+    node = config
+    for part in sections:
+      node = node[part]
+    node[field] = value
+  return config
+
+
 def to_json(c: ml_collections.ConfigDict) -> str:
   return json.dumps(c.to_dict(), indent=2, sort_keys=True, default=list)
 

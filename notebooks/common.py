@@ -54,20 +54,6 @@ TINY_SETTINGS = {
 }
 
 
-def override(config, overrides: dict):
-  """Sets dotted keys ("train.steps": 10) of a locked config; a misspelt key fails naming it."""
-  for key, value in overrides.items():
-    message = config_lib.unknown_key_message(config, key)
-    if message:
-      raise KeyError(message)
-    section, _, field = key.rpartition(".")
-    node = config
-    for part in section.split(".") if section else ():
-      node = node[part]
-    node[field] = value
-  return config
-
-
 class Runs:
   """The workdirs of one notebook session: root/<config name>, or root/tiny/<config name> with the tiny settings."""
 
@@ -81,12 +67,13 @@ class Runs:
     """configs/<config_name>.py with the tiny settings (if tiny), its runs/<name> paths under this root, bfloat16
     on a TPU, then `overrides`."""
     config = config_lib.load_file(os.path.join("configs", f"{config_name}.py"))
-    override(config, TINY_SETTINGS[config_name] if self.tiny else {})
+    config_lib.override(config, TINY_SETTINGS[config_name] if self.tiny else {})
     paths = {"init_from": config.init_from, "ppo.reward_model": config.ppo.reward_model}
-    override(config, {k: self.workdir(v[len("runs/"):]) for k, v in paths.items() if v.startswith("runs/")})
+    config_lib.override(config, {k: self.workdir(v[len("runs/"):]) for k, v in paths.items()
+                                 if v.startswith("runs/")})
     if jax.default_backend() == "tpu":
       config.model.dtype = "bfloat16"
-    return override(config, overrides or {})
+    return config_lib.override(config, overrides or {})
 
   def train(self, config_name: str, overrides: dict | None = None, name: str | None = None) -> tuple[str, dict]:
     """(workdir, summary) of configs/<config_name>.py trained into root/<name or config_name> in this process,

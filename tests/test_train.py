@@ -87,6 +87,10 @@ def test_config_validation_and_unknown_keys_in_python():
   assert config_lib.unknown_key_message(c, "train.lr") is None
   assert "did you mean 'train.lr'" in config_lib.unknown_key_message(c, "train.lrr")
   assert "unknown config key 'bogus'" in config_lib.unknown_key_message(c, "bogus")
+  assert config_lib.override(c, {"train.lr": 0.5, "ppo.reward_model": "runs/rm", "seed": 7}) is c
+  assert (c.train.lr, c.ppo.reward_model, c.seed) == (0.5, "runs/rm", 7)
+  with pytest.raises(config_lib.ConfigError, match="did you mean 'train.lr'"):
+    config_lib.override(c, {"train.lrr": 1.0})
   c.train.steps = 0
   with pytest.raises(config_lib.ConfigError, match=r"train\.steps=0"):
     config_lib.validate(c)
