@@ -449,8 +449,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       seed=config.seed, max_new_tokens=config.sft.max_new_tokens,
                                       tools=sft.tools_for(config), max_tool_calls=config.sft.max_tool_calls)
     extra = {f"eval/{k}": v for k, v in extra.items()}
-    writer.write(step, extra)
-    _print("tool use, held-out accuracy: " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in extra.items()))
+    if extra:  # a mixture of JSONL files alone has no checked task
+      writer.write(step, extra)
+      _print("tool use, held-out accuracy: " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in extra.items()))
   else:
     for temperature in (0.0, config.sample.temperature) if config.sample.prompts else ():
       outs = sample.generate(model, engine.params, tok, list(config.sample.prompts),
