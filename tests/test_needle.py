@@ -72,6 +72,106 @@ def test_scores_equal_each_answer_token_scored_from_its_prefix(small_tokenizer, 
   assert results[96]["accuracy"] == np.mean(hits) and len(results[96]["by_depth"]) == needle.DEPTH_BINS
 
 
+@pytest.fixture(scope="module")
+def facts():
+  """Facts of differing token lengths: two attributes of six people."""
+  from llm_jax.data.tasks import people  # pylint: disable=import-outside-toplevel
+  return needle.people_facts(people.World(20, seed=1).people[:6], ["city", "employer"])
+
+
+def _micro(tok):
+  cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                    d_ff=64, max_seq_len=32)
+  return cfg, Transformer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+def test_fact_rows_put_the_fact_distance_tokens_before_the_question(small_tokenizer, haystack, facts):
+  tok = small_tokenizer
+  assert len(facts) == 12 and all(f == q + a + "." and a[0] == " " for f, q, a in facts)
+  assert facts[0][1].endswith(" grew up in") and facts[1][1].endswith(" works for")
+  stream = needle.haystack_stream(tok, haystack, 5000)
+  overhead = needle.fact_overhead(tok, facts, lead=4)
+  orders = []
+  for distance in (0, 7, 40):
+    ids, mask, which = needle.fact_samples(tok, stream, facts, distance, 9, lead=4, seed=2)
+    length = distance + overhead
+    assert ids.shape == mask.shape == (9, length) and (ids[:, 0] == tok.bos_id).all()
+    leads = []
+    for row, m, i in zip(ids.tolist(), mask, which):
+      fact, question, answer = (tok.encode(t) for t in ("\n" + facts[i][0], "\n" + facts[i][1], facts[i][2]))
+      assert m.sum() == len(answer) and m[-len(answer):].all() and row[-len(answer):] == answer
+      question_at = length - len(answer) - len(question)
+      assert row[question_at:question_at + len(question)] == question
+      fact_end = question_at - distance  # exactly `distance` filler tokens between the fact and the question
+      assert row[fact_end - len(fact):fact_end] == fact
+      leads.append(fact_end - len(fact) - 1)
+    assert min(leads) == 4  # the longest fact gets just the lead; shorter ones get more filler before them
+    orders.append(which.tolist())
+  assert orders[0] == orders[1] == orders[2] and len(set(orders[0])) == 9  # paired across distances, no repeat
+  with pytest.raises(ValueError, match="the haystack has 50 tokens; distance 60 needs"):
+    needle.fact_samples(tok, stream[:50], facts, 60, 2, lead=4)
+  with pytest.raises(ValueError, match="must not be negative"):
+    needle.fact_samples(tok, stream, facts, -1, 2)
+  with pytest.raises(ValueError, match="no facts"):
+    needle.fact_samples(tok, stream, [], 0, 2)
+  with pytest.raises(ValueError, match="empty answer"):
+    needle.fact_samples(tok, stream, [("A is B.", "A is", "")], 0, 2)
+
+
+def test_fact_distance_scores_what_an_oracle_gets_right(small_tokenizer, haystack, facts, monkeypatch):
+  """A stub model: right with probability 1/2 at every answer token and wrong everywhere else, except that it
+  answers facts[0]'s value wrong at its last token (probability 1/4 there). accuracy and answer_logprob must
+  count just the answer tokens of each row, across batches of 3 (the last one padded)."""
+  tok = small_tokenizer
+  tails = [(tok.encode("\n" + q), tok.encode(a)) for _, q, a in facts]
+  bad = tok.encode(facts[0][2])
+
+  def stub(ids):
+    logp, right = np.full((len(ids), ids.shape[1] - 1), np.log(0.5)), np.zeros((len(ids), ids.shape[1] - 1), bool)
+    for b, row in enumerate(ids.tolist()):
+      answer = next(a for q, a in tails if row[len(row) - len(q) - len(a):] == q + a)
+      right[b, -len(answer):] = True  # position t predicts token t + 1
+      if answer == bad:
+        right[b, -1], logp[b, -1] = False, np.log(0.25)
+    return logp, right
+
+  monkeypatch.setattr(needle, "_token_scores", lambda model_config, params, longest: stub)
+  results = needle.fact_distance(None, None, tok, haystack, facts, [0, 5], samples_per_distance=7, batch_size=3,
+                                 seed=4, lead=2)
+  _, _, which = needle.fact_samples(tok, needle.haystack_stream(tok, haystack, 5000), facts, 0, 7, lead=2, seed=4)
+  wrong = np.asarray([facts[i][2] == facts[0][2] for i in which])
+  logprob = np.mean([len(tok.encode(facts[i][2])) * np.log(0.5) + w * np.log(0.5) for i, w in zip(which, wrong)])
+  assert 0 < wrong.sum() < 7
+  overhead = needle.fact_overhead(tok, facts, lead=2)
+  for distance in (0, 5):
+    assert results[distance]["accuracy"] == pytest.approx(1 - wrong.mean())
+    assert results[distance]["answer_logprob"] == pytest.approx(logprob)
+    assert results[distance]["length"] == distance + overhead
+
+
+def test_fact_distance_runs_past_max_seq_len(small_tokenizer, haystack, facts):
+  """A micro model at max_seq_len 32 scored on rows past it: the same log-probabilities as the model applied
+  to the rows directly; a learned position table cannot go past it, a distance cannot exceed the haystack."""
+  tok = small_tokenizer
+  cfg, params = _micro(tok)
+  results = needle.fact_distance(cfg, params, tok, haystack, facts, [40], samples_per_distance=3, seed=1)
+  length = 40 + needle.fact_overhead(tok, facts)
+  assert results[40]["length"] == length > cfg.max_seq_len
+  ids, mask, _ = needle.fact_samples(tok, needle.haystack_stream(tok, haystack, 4 * length * 3), facts, 40, 3,
+                                     seed=1)
+  apply = jax.jit(Transformer(cfg.replace(max_seq_len=length)).apply)
+  logp = np.asarray(jax.nn.log_softmax(apply({"params": params}, jnp.asarray(ids))))
+  token_logp = np.take_along_axis(logp[:, :-1], ids[:, 1:, None], -1)[..., 0]
+  assert results[40]["answer_logprob"] == pytest.approx(np.where(mask[:, 1:], token_logp, 0).sum(-1).mean(),
+                                                        rel=1e-4)
+  assert results[40]["accuracy"] == np.mean([(logp[r, :-1].argmax(-1) == ids[r, 1:])[mask[r, 1:]].all()
+                                             for r in range(3)])
+  with pytest.raises(ValueError, match="learned position table"):
+    needle.fact_distance(cfg.replace(positions="learned"), None, tok, haystack, facts, [40], samples_per_distance=3)
+  with pytest.raises(ValueError, match="the haystack has"):
+    needle.fact_distance(cfg, params, tok, haystack[:1], facts, [0, 100_000], samples_per_distance=2)
+
+
 def test_context_extension_recipe_and_the_cli(tmp_path, capsys):
   """README "Long context": a run at 32 tokens, continued at 128 with YaRN (init_from lets RoPE change and
   says so), then the needle CLI on it, with and without a RoPE override; bad input exits 2 naming it."""
@@ -98,6 +198,15 @@ def test_context_extension_recipe_and_the_cli(tmp_path, capsys):
     assert sorted(results) == ["128", "256"]
     assert all(0 <= r["accuracy"] <= 1 and r["answer_logprob"] < 0 for r in results.values())
   extended = str(tmp_path / "long")
+  needle.main(["--workdir", extended, "--distances", "0,40", "--samples", "2", "--people", "20"])
+  results = json.loads(capsys.readouterr().out)
+  assert sorted(results) == ["0", "40"] and results["40"]["length"] - results["0"]["length"] == 40
+  assert all(0 <= r["accuracy"] <= 1 and r["answer_logprob"] < 0 for r in results.values())
+  for bad, named in ((["--lengths", "128", "--distances", "0"], "not allowed with"),
+                     (["--distances", "0", "--people", "3"], "at least 10 people")):
+    with pytest.raises(SystemExit) as e:
+      needle.main(["--workdir", extended, *bad])
+    assert e.value.code == 2 and named in capsys.readouterr().err
   for bad, named in ((["--workdir", str(tmp_path / "nothing")], "config.json"),
                      (["--workdir", extended, "--rope_scaling", "alibi"], "rope_scaling"),
                      (["--workdir", extended, "--lengths", "16"], "length 16 is shorter than the needle")):
