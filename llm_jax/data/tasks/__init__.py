@@ -17,7 +17,9 @@ letter by letter, with the Python tool), repeat (say a quoted text back, no tool
 and spelling), countdown (reach a target from given numbers with + - *, checked by value: any valid expression
 counts; the reasoning-RL task of llm_jax/rl/grpo.py), compare (which of two numbers is larger, answered without
 tools in styles of mixed quality, with a hidden rule-based gold judge and gold-labelled preference pairs: the
-RLHF task). `mixture` draws from several by weight.
+RLHF task), memory (the user states a personal fact and the assistant stores it with the `remember` tool,
+or asks for one and the assistant looks it up with `recall` and answers from the note it reads:
+llm_jax/inference/memory.py; not in the default SFT mixture). `mixture` draws from several by weight.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from llm_jax.data.tasks import arithmetic, compare, countdown, identity, spelling
+from llm_jax.data.tasks import arithmetic, compare, countdown, identity, memory, spelling
 from llm_jax.data.tasks.base import Example, in_split  # noqa: F401  (re-exported: tasks.in_split)
 
 TASKS: dict[str, Callable[[random.Random, str], Example]] = {
@@ -37,6 +39,7 @@ TASKS: dict[str, Callable[[random.Random, str], Example]] = {
     "repeat": spelling.make_repeat,
     "countdown": countdown.make,
     "compare": compare.make,
+    "memory": memory.make,
 }
 # Tasks whose answers can be checked: the evaluation of tool use (llm_jax/eval/tasks.py).
 CHECKED = ("arithmetic", "arithmetic_followup", "counting", "spelling", "countdown", "compare")
