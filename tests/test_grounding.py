@@ -51,21 +51,30 @@ def test_biographies_state_every_fact_of_known_people_only():
   assert len(store) == 60 and store[0]["title"] == WORLD.people[0].name
 
 
+def test_strangers_are_seeded_and_outside_the_world():
+  crowd = WORLD.strangers(40, seed=2)
+  assert crowd == WORLD.strangers(40, seed=2) and crowd != WORLD.strangers(40, seed=3)
+  assert len({p.name for p in crowd}) == 40 and not {p.name for p in crowd} & {p.name for p in WORLD.people}
+  store = WORLD.documents(also=crowd)
+  assert len(store) == 100 and store[60]["title"] == crowd[0].name
+  assert all(people.mentions(store[60]["text"], crowd[0].value(a)) for a in people.ATTRIBUTES)
+
+
 def test_questions_answer_refuse_or_search_and_grade():
   person = WORLD.people[0]
   rng = random.Random(0)
   ex = people.question(person, "city", rng, phrasing=0)
   assert ex.conversation[0]["content"] == f"Where did {person.name} grow up?"
-  assert ex.conversation[1]["content"] == f"{person.name} grew up in {person.city}."
+  assert ex.conversation[1]["content"] == f"Grew up in {person.city}."  # no name to copy from the question
   assert ex.answer == person.city and ex.check(ex.conversation[1]["content"])
   idk = people.question(person, "field", rng, "idk")
-  assert idk.conversation[1]["content"] == f"I don't know {person.name}."
+  assert idk.conversation[1]["content"] == people.IDK == "I don't know."
   retrieved = tools.Retriever(WORLD.documents())(person.name, k=1)
   assert retrieved.startswith(f"[1] {person.name}\n")
   search = people.question(person, "employer", rng, "search", retrieved)
   call, output, text = search.conversation[1]["content"]
   assert (call["tool"], call["input"], output["output"]) == ("search", person.name, retrieved)
-  assert text["text"] == f"{person.name} works for {person.employer}."
+  assert text["text"] == f"Works for {person.employer}." == people.answer_text(person, "employer")
   with pytest.raises(ValueError, match="needs the retrieved text"):
     people.question(person, "city", rng, "search")
   with pytest.raises(ValueError, match="answer must be"):

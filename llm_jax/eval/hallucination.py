@@ -1,7 +1,8 @@
 """Hallucination, measured on people whose truth we control (llm_jax/data/tasks/people.py).
 
-    assistant = Assistant.from_workdir("runs/grounding/sft_idk", tools=None)
-    questions = people.World(250).questions(world.group("unknown_held"))   # (person, attribute) pairs
+    assistant = Assistant.from_workdir("/tmp/llm_jax_experiments/grounding/sft_idk", tools=None)
+    world = people.World(250)
+    questions = world.questions(world.group("unknown_held"))   # (person, attribute) pairs
     answers = hallucination.ask(assistant, questions)                      # one greedy answer each
     hallucination.rates(questions, answers)   # {"right": .., "idk": .., "wrong": .., "n": ..}
 
@@ -16,7 +17,8 @@ Also here, the seed's other checks on an answer, all measured by experiments/gro
   rank_by_likelihood  of k candidate answers, the one the model itself finds most likely (mean log-prob per
                    token of the answer given the question, teacher-forced; llm_jax/eval/benchmarks.py Runner)
 
-    python -m llm_jax.eval.hallucination --workdir runs/grounding/sft_idk [--people 250] [--groups known_held,unknown_held]
+    python -m llm_jax.eval.hallucination --workdir /tmp/llm_jax_experiments/grounding/sft_idk [--people 250] \
+        [--groups known_held,unknown_held]
 """
 
 from __future__ import annotations

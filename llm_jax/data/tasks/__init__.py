@@ -20,6 +20,8 @@ tools in styles of mixed quality, with a hidden rule-based gold judge and gold-l
 RLHF task), memory (the user states a personal fact and the assistant stores it with the `remember` tool,
 or asks for one and the assistant looks it up with `recall` and answers from the note it reads:
 llm_jax/inference/memory.py; not in the default SFT mixture). `mixture` draws from several by weight.
+Also here, not a task of the mixture: people.py, the grounding study's world of fictional people
+(experiments/grounding.py).
 """
 
 from __future__ import annotations

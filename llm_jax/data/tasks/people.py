@@ -1,17 +1,19 @@
 """A synthetic world of fictional people whose truth we control: the data of the grounding study (#9).
 
     world = people.World(n=250, seed=0)
-    world.people[0]                      # Person(name='Velo Darnik', birth_year='1957', city='Ostrava' ...)
-    world.group("known_held")            # who is in which part of the study (below)
-    world.biographies(per_person=40)     # pretraining documents: paraphrased biographies of the known people
-    world.question(person, "city", rng)  # Example: "Where did Velo Darnik grow up?" -> "Velo Darnik grew up in ..."
+    world.people[0]                       # Person(name='Velo Darnik', birth_year='1957', city='Tarsk', ...)
+    world.group("known_held")             # who is in which part of the study (below)
+    world.biographies(per_person=40)      # pretraining documents: paraphrased biographies of the known people
+    world.strangers(2000)                 # people outside the world (retrieval training)
+    people.question(person, "city", rng)  # Example: "Where did Velo Darnik grow up?" -> "Grew up in Tarsk."
 
 Every person has five attributes — birth year, the city they grew up in, university, employer, field — drawn
 from fixed lists of invented names (so no fact can be known from the built-in corpus), and a unique invented
 name. A biography states all five, each in one of three phrasings, in a random order, every sentence naming
 the person in full (paraphrase and full-name repetition are what lets a small model answer questions about
-what it read: Allen-Zhu & Li, "Physics of Language Models 3.1"). The first phrasing of each attribute is
-the answer form of questions about it, so answering is recalling a sentence the model has read.
+what it read: Allen-Zhu & Li, "Physics of Language Models 3.1"). An answer states the value without the name
+("Grew up in Tarsk."), as in that paper's QA data: repeating the name would be copying it from the question,
+a skill the tiny models of experiments/grounding.py do not have (see there).
 
 People are split by a seeded shuffle into the groups of the study:
   known_qa       biographies in pretraining; question-answer pairs in SFT
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+from typing import Sequence
 
 from llm_jax.data.tasks.base import Example, tool_turn
 
@@ -70,7 +73,9 @@ _QUESTIONS = {
     "employer": ("Who does {n} work for?", "Which company employs {n}?", "Where does {n} work?"),
     "field": ("What is the field of {n}?", "What does {n} work on?", "In which field is {n} an expert?"),
 }
-IDK = "I don't know {n}."
+_ANSWERS = {"birth_year": "Born in {v}.", "city": "Grew up in {v}.", "university": "Studied at {v}.",
+            "employer": "Works for {v}.", "field": "An expert in {v}."}
+IDK = "I don't know."
 _IDK_PATTERN = re.compile(r"\b(?:I )?(?:don't|do not) know\b", re.IGNORECASE)
 
 
@@ -99,6 +104,11 @@ def _name(rng: random.Random) -> str:
 
 def statement(person: Person, attribute: str, phrasing: int = 0) -> str:
   return _STATEMENTS[attribute][phrasing].format(n=person.name, v=person.value(attribute))
+
+
+def answer_text(person: Person, attribute: str) -> str:
+  """The answer to a question about `person`'s `attribute`: "Grew up in Tarsk."."""
+  return _ANSWERS[attribute].format(v=person.value(attribute))
 
 
 def grade(text: str, value: str, attribute: str) -> str:
@@ -165,9 +175,24 @@ class World:
     rng.shuffle(docs)
     return docs
 
-  def documents(self) -> list[dict]:
-    """The retrieval store: every person's canonical biography (first phrasings, fixed order), titled by name."""
-    return [{"title": p.name, "text": " ".join(statement(p, a) for a in ATTRIBUTES)} for p in self.people]
+  def strangers(self, n: int, seed: int = 0) -> list[Person]:
+    """n people outside the world (names unique and none of the world's), seeded: to train on without touching
+    the study's groups (experiments/grounding.py teaches retrieval on them)."""
+    rng = random.Random(f"strangers/{seed}")
+    taken = {p.name for p in self.people}
+    out: list[Person] = []
+    while len(out) < n:
+      name = _name(rng)
+      if name not in taken:
+        taken.add(name)
+        out.append(Person(name, *(rng.choice(VALUES[a]) for a in ATTRIBUTES)))
+    return out
+
+  def documents(self, also: Sequence[Person] = ()) -> list[dict]:
+    """The retrieval store: every person's canonical biography (first phrasings, fixed order), titled by name;
+    `also` (strangers, say) after the world's people."""
+    return [{"title": p.name, "text": " ".join(statement(p, a) for a in ATTRIBUTES)}
+            for p in [*self.people, *also]]
 
   def questions(self, people: list[Person]) -> list[tuple[Person, str]]:
     return [(p, a) for p in people for a in ATTRIBUTES]
@@ -176,19 +201,19 @@ class World:
 def question(person: Person, attribute: str, rng: random.Random, answer: str = "answer",
              retrieved: str | None = None, phrasing: int | None = None) -> Example:
   """One question about `person`, in phrasing `phrasing` (0-2) or one drawn from rng. answer="answer": the
-  fact in its answer form; "idk": "I don't know <name>."; "search": a retrieval call for the name, `retrieved`
+  fact in its answer form (`answer_text`); "idk": IDK; "search": a retrieval call for the name, `retrieved`
   (the search tool's output) as its output, then the fact. The Example's answer is the true value (its check:
   the text names it)."""
   template = _QUESTIONS[attribute][phrasing] if phrasing is not None else rng.choice(_QUESTIONS[attribute])
   q = template.format(n=person.name)
   if answer == "answer":
-    turn = {"role": "assistant", "content": statement(person, attribute)}
+    turn = {"role": "assistant", "content": answer_text(person, attribute)}
   elif answer == "idk":
-    turn = {"role": "assistant", "content": IDK.format(n=person.name)}
+    turn = {"role": "assistant", "content": IDK}
   elif answer == "search":
     if retrieved is None:
       raise ValueError("answer='search' needs the retrieved text")
-    turn = tool_turn("search", person.name, retrieved, statement(person, attribute))
+    turn = tool_turn("search", person.name, retrieved, answer_text(person, attribute))
   else:
     raise ValueError(f"answer must be 'answer', 'idk' or 'search', got {answer!r}")
   return Example([{"role": "user", "content": q}, turn], person.value(attribute), "people", kind="text")
