@@ -81,7 +81,7 @@ def _qa(world, group: str, answer=lambda person, attribute: "answer", retriever=
   return out
 
 
-def _train(config_name: str, workdir: str, overrides: dict) -> float:
+def _train(config_name: str, workdir: str, overrides: dict) -> float | None:
   """Trains (or finds finished) one stage; its training seconds, kept in the workdir for reruns."""
   config = config_lib.load_file(os.path.join(ROOT, "configs", f"{config_name}.py"))
   config.train.progress = False
@@ -89,7 +89,9 @@ def _train(config_name: str, workdir: str, overrides: dict) -> float:
   t0 = time.time()
   summary = train_lib.STAGES[config.stage](config, workdir)
   kept = os.path.join(workdir, "grounding_seconds.json")
-  if summary.get("complete") and os.path.exists(kept):
+  if summary.get("complete"):  # finished earlier: its kept time (None from a run that kept none)
+    if not os.path.exists(kept):
+      return None
     with open(kept, encoding="utf-8") as f:
       return json.load(f)["seconds"]
   seconds = round(time.time() - t0, 1)
@@ -207,7 +209,7 @@ def main():
   result["context"] = {name: _context(path(name), world) for name in ("pretrain", "sft_rag")}
   times["context"] = round(time.time() - t0, 1)
   result["times"] = times
-  result["total_seconds"] = round(sum(times.values()), 1)  # training stages finished earlier: their kept times
+  result["total_seconds"] = round(sum(t for t in times.values() if t is not None), 1)
   target = out if args.quick else HERE
   save_json(os.path.join(target, "grounding.json"), result)
   _write(result, target)
