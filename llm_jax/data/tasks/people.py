@@ -13,7 +13,7 @@ name. A biography states all five, each in one of three phrasings, in a random o
 the person in full (paraphrase and full-name repetition are what lets a small model answer questions about
 what it read: Allen-Zhu & Li, "Physics of Language Models 3.1"). An answer states the value without the name
 ("Grew up in Tarsk."), as in that paper's QA data: repeating the name would be copying it from the question,
-a skill the tiny models of experiments/grounding.py do not have (see there).
+a skill the tiny models of experiments/grounding.py do not have (README, "Grounding").
 
 People are split by a seeded shuffle into the groups of the study:
   known_qa       biographies in pretraining; question-answer pairs in SFT
