@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from llm_jax.data import chat, pipeline, tasks
+from llm_jax.data.tasks.base import draw, in_split
 from llm_jax.eval import tasks as task_eval
 from llm_jax.inference import tools
 from llm_jax.inference.assistant import Assistant
@@ -147,6 +148,13 @@ def test_tasks_are_correct_and_held_out_problems_never_reach_training():
   words = lambda split: {tasks.TASKS["spelling"](rng, split).answer for _ in range(200)}
   assert not words("train") & words("val")
   assert not tasks.TASKS["counting"](rng, "val").check("I think it is 12 or so, maybe 13")  # wrong number
+
+
+def test_drawing_from_a_generator_with_no_value_in_the_split_is_an_error_not_a_hang():
+  only = next(w for w in ("a", "b", "c", "d", "e", "f") if in_split(w, "train"))  # one value, in train only
+  assert draw(random.Random(0), "train", lambda rng: (only,), lambda w: w) == (only,)
+  with pytest.raises(ValueError, match="'val' split"):
+    draw(random.Random(0), "val", lambda rng: (only,), lambda w: w, tries=100)
 
 
 def test_repeat_says_the_quoted_text_back_and_keeps_held_out_words_out_of_training(small_tokenizer):

@@ -39,12 +39,16 @@ def in_split(key: str, split: str, val_percent: int = 20) -> bool:
   return (h < val_percent) == (split == "val")
 
 
-def draw(rng: random.Random, split: str, sample: Callable[[random.Random], tuple], key: Callable[..., str]):
-  """Samples until the problem falls in `split` (rejection on the split hash)."""
-  while True:
+def draw(rng: random.Random, split: str, sample: Callable[[random.Random], tuple], key: Callable[..., str],
+         tries: int = 10_000):
+  """Samples until the problem falls in `split` (rejection on the split hash); an error after `tries` samples
+  (a generator whose values all hash to the other split would otherwise loop forever)."""
+  for _ in range(tries):
     problem = sample(rng)
     if in_split(key(*problem), split):
       return problem
+  raise ValueError(f"draw: none of {tries} samples from {getattr(sample, '__name__', sample)!r} fell in the "
+                   f"{split!r} split (does the generator have values on both sides of the split hash?)")
 
 
 def tool_turn(tool: str, argument: str, output: str, answer: str) -> dict:
