@@ -24,7 +24,10 @@ Stages, each in a directory under --out, finished ones reused:
             (people.World.strangers, in the store too), 300 steps
   eval      greedy answers on known_held and unknown_held people: right / I don't know / wrong (a wrong answer
             about an unknown person is a hallucination; llm_jax/eval/hallucination.py); sft_rag with the search
-            tool on and off (off: the model writes the tool's output itself)
+            tool on and off (off: the model writes the tool's output itself); where sft_idk's refusals on
+            known people fall (by person; on facts sft_qa knew)
+  idk_vote  sft_idk, 8 answers at temperature 1 per held-out question: "I don't know" when at least m of them
+            refuse (m = 1..8), else the majority of the others: the trade-off between the two targets
   consistency  sft_qa, 8 answers at temperature 1 per held-out question: one sample, the majority vote, the
             most likely answer by the model's own mean log-prob per token, greedy; abstaining when fewer than
             half the samples agree
@@ -176,12 +179,24 @@ def main():
   models = {"sft_qa": qa_model, "sft_idk": _assistant(path("sft_idk")),
             "sft_rag, search on": _assistant(path("sft_rag"), search, max_output_tokens=SEARCH_OUTPUT_TOKENS),
             "sft_rag, search off": _assistant(path("sft_rag"))}
-  result["eval"] = {}
+  result["eval"], graded = {}, {}
   for name, model in models.items():
-    result["eval"][name] = {g: hallucination.rates(q, hallucination.ask(model, q, max_new_tokens=48))
-                            for g, q in held.items()}
+    answers = {g: hallucination.ask(model, q, max_new_tokens=48) for g, q in held.items()}
+    result["eval"][name] = {g: hallucination.rates(q, answers[g]) for g, q in held.items()}
+    graded[name] = {g: [row[0] for row in hallucination.grades(q, answers[g])] for g, q in held.items()}
     print(name, json.dumps(result["eval"][name]), flush=True)
+  result["abstention"] = _abstention(held["known_held"], graded["sft_qa"]["known_held"],
+                                     graded["sft_idk"]["known_held"])
   times["eval"] = round(time.time() - t0, 1)
+
+  # Abstaining by vote: sft_idk sampled; "I don't know" only when at least m of the samples say it.
+  t0 = time.time()
+  idk_samples = {g: hallucination.ask(models["sft_idk"], q, samples=CONSISTENCY_SAMPLES, sampling=HOT, seed=2)
+                 for g, q in held.items()}
+  result["idk_vote"] = {str(m): {g: _share([[_grade(v, p.value(a))] for (p, a), v in
+                                            zip(q, _idk_vote(q, idk_samples[g], m))]) for g, q in held.items()}
+                        for m in range(1, CONSISTENCY_SAMPLES + 1)}
+  times["idk_vote"] = round(time.time() - t0, 1)
 
   # Self-consistency on the baseline.
   t0 = time.time()
@@ -213,6 +228,36 @@ def main():
   target = out if args.quick else HERE
   save_json(os.path.join(target, "grounding.json"), result)
   _write(result, target)
+
+
+def _abstention(questions, qa_grades: list[str], idk_grades: list[str]) -> dict:
+  """Where sft_idk says "I don't know" about people it read: how its refusals spread over people (how many
+  of them get 0..5 refusals to their 5 questions) and how many refusals hit facts sft_qa answered right."""
+  per_person = {}
+  for (person, _), grade in zip(questions, idk_grades):
+    per_person[person.name] = per_person.get(person.name, 0) + (grade == "idk")
+  counts = list(per_person.values())
+  return {"people": len(counts), "refusals_per_person": {str(k): counts.count(k) for k in range(6)},
+          "refusals": idk_grades.count("idk"),
+          "refusals_on_facts_sft_qa_knew": sum(q == "right" and i == "idk" for q, i in zip(qa_grades, idk_grades))}
+
+
+def _abstention_line(a: dict) -> str:
+  spread = ", ".join(f"{n} with {k}" for k, n in a["refusals_per_person"].items() if n)
+  return (f"sft_idk refuses {a['refusals']} of the {5 * a['people']} known_held questions (greedy). People by "
+          f"how many of their 5 questions it refuses: {spread}. {a['refusals_on_facts_sft_qa_knew']} of the "
+          "refusals are facts sft_qa answered right.")
+
+
+def _idk_vote(questions, samples: list[list[str]], at_least: int) -> list[str]:
+  """Per question, "idk" when at least `at_least` of the sampled answers refuse, else the majority value of
+  the others."""
+  out = []
+  for (_, attribute), texts in zip(questions, samples):
+    answered = [t for t in texts if hallucination.stated_value(t, attribute) != "idk"]
+    refused = len(texts) - len(answered)
+    out.append("idk" if refused >= at_least or not answered else hallucination.majority(answered, attribute)[0])
+  return out
 
 
 def _grade(value: str, truth: str) -> str:
@@ -268,7 +313,19 @@ def _write(result: dict, target: str):
             f"- Probe of sft_qa (majority of {PROBE_SAMPLES} samples at temperature 1 right): known_probe "
             f"{result['probe']['known_probe']:.3f}, unknown_train {result['probe']['unknown_train']:.3f} of facts "
             "known.",
-            "", "## Self-consistency (sft_qa, 8 samples at temperature 1)", "",
+            "", "## Where sft_idk refuses, and abstaining by vote", "",
+            _abstention_line(result["abstention"]), "",
+            f"sft_idk, {CONSISTENCY_SAMPLES} answers at temperature 1 per question: \"I don't know\" when at least m "
+            "of them refuse, else the majority of the others (m = 1 refuses most; greedy is close to m = 4). "
+            "Against sft_qa greedy:", "",
+            "| m | known_held right / idk / wrong | unknown_held right / idk / wrong | known change (points) | "
+            "hallucination drop |", "|---|---|---|---|---|"]
+  for m, groups in result["idk_vote"].items():
+    k, u = groups["known_held"], groups["unknown_held"]
+    lines.append(f"| {m} | {k['right']:.3f} / {k['idk']:.3f} / {k['wrong']:.3f} | {u['right']:.3f} / {u['idk']:.3f} / "
+                 f"{u['wrong']:.3f} | {100 * (k['right'] - base['known_held']['right']):+.1f} | "
+                 f"{100 * (1 - u['wrong'] / max(base['unknown_held']['wrong'], 1e-9)):.0f}% |")
+  lines += ["", "## Self-consistency (sft_qa, 8 samples at temperature 1)", "",
             "| group | method | right | idk | wrong |", "|---|---|---|---|---|"]
   for group, rows in result["consistency"].items():
     for method, r in rows.items():
