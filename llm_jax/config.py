@@ -190,6 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora.alpha = 16.0  # the update is alpha / rank * (a @ b)
   c.lora.targets = "q,k,v,o,gate,up,down"
   c.lora.special_tokens = True
+  # LoRA+ (Hayou et al. 2024): the b matrices learn at this multiple of train.lr (the paper suggests ~16;
+  # a and b start unequal, b = 0, so equal rates move b too slowly). 1: plain LoRA.
+  c.lora.b_lr_ratio = 1.0
 
   # Reasoning RL with verifiable rewards (stage="grpo", llm_jax/rl/grpo.py, which explains each switch):
   # GRPO by default; Dr.GRPO and DAPO are settings of these switches (grpo.VARIANTS). Starts from
@@ -332,6 +335,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.lora.rank >= 0, "lora.rank", c.lora.rank, "must be >= 0 (0: full fine-tuning)")
   _check(c.lora.rank == 0 or c.stage == "sft", "lora.rank", c.lora.rank, "LoRA is implemented for stage 'sft'")
   _check(c.lora.alpha > 0, "lora.alpha", c.lora.alpha, "must be positive")
+  _check(c.lora.b_lr_ratio > 0, "lora.b_lr_ratio", c.lora.b_lr_ratio, "must be positive (1: plain LoRA)")
   _check(t.steps > 0, "train.steps", t.steps, "must be positive")
   _check(t.lr > 0, "train.lr", t.lr, "must be positive")
   _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")

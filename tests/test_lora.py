@@ -243,3 +243,22 @@ def test_bad_input_is_rejected_with_a_clear_message():
     _merge(params, adapters, token_ids=(5,))
   with pytest.raises(ValueError, match="do not fit"):
     _merge(params, adapters, token_ids=(5, 7), rank=RANK + 1)
+
+
+def test_lora_plus_moves_b_faster_by_the_ratio():
+  """LoRA+ (lora.b_lr_ratio): the adapters' optimizer moves every b matrix `ratio` times as far as plain
+  LoRA's would, and every a matrix and token row the same."""
+  from llm_jax.training import sft  # pylint: disable=import-outside-toplevel
+  _, params = _init(CFG)
+  adapters = _randomize(lora.init(jax.random.PRNGKey(1), params, rank=RANK, token_ids=(5, 7)))
+  grads = _randomize(adapters, seed=3)
+  steps = {}
+  for ratio in (1.0, 16.0):
+    tx = sft.lora_optimizer(optax.adamw(1e-3, weight_decay=0.1), ratio)
+    updates, _ = tx.update(grads, tx.init(adapters), adapters)
+    steps[ratio] = jax.tree_util.tree_flatten_with_path(updates)[0]
+  names = [getattr(path[-1], "key", None) for path, _ in steps[1.0]]
+  for name, (_, plain), (_, plus) in zip(names, steps[1.0], steps[16.0]):
+    assert float(jnp.abs(plain).max()) > 0
+    np.testing.assert_allclose(plus, plain * (16.0 if name == "b" else 1.0), rtol=1e-6)
+  assert names.count("b") == names.count("a") > 0 and {"embed", "head"} <= set(names)

@@ -210,3 +210,9 @@ def trainable_fraction(params, adapters) -> float:
   """adapters / (base + adapters), the share of all parameters that is trained (PEFT's "trainable%")."""
   trained = num_params(adapters)
   return trained / (num_params(params) + trained)
+
+
+def b_mask(adapters) -> dict:
+  """True for every `b` matrix of the adapters (False for `a` and token rows): LoRA+ (Hayou et al. 2024)
+  trains the b matrices at a larger learning rate than the a matrices (sft.lora_setup, lora.b_lr_ratio)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "b", adapters)

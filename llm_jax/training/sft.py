@@ -20,6 +20,7 @@ import functools
 import json
 
 import jax
+import optax
 
 from llm_jax import sharding, tokenizer as tokenizer_lib
 from llm_jax.config import ConfigError
@@ -110,6 +111,14 @@ def lora_fns(config, tok) -> tuple[callable, callable]:
   return init, merge
 
 
+def lora_optimizer(tx: optax.GradientTransformation, b_lr_ratio: float) -> optax.GradientTransformation:
+  """`tx` for the adapters, with LoRA+'s larger learning rate for the b matrices: their updates are scaled by
+  b_lr_ratio after AdamW (learning rate and decoupled weight decay both scale, as a learning rate does)."""
+  if b_lr_ratio == 1:
+    return tx
+  return optax.chain(tx, optax.masked(optax.scale(b_lr_ratio), lora.b_mask))
+
+
 def replicated_abstract(tree, mesh):
   """ShapeDtypeStructs of `tree` (arrays or shapes) placed whole on every device: how adapters live."""
   replicated = sharding.replicated(mesh)
@@ -122,7 +131,7 @@ def lora_setup(config, setup: Setup, mesh, base_params, tok) -> tuple[Setup, jax
   Adapters are small: replicated on every device. The base keeps its training sharding.
   """
   init_adapters, merge = lora_fns(config, tok)
-  tx = setup.tx
+  tx = lora_optimizer(setup.tx, config.lora.b_lr_ratio)
 
   def init(rng):
     return TrainState.create(init_adapters(rng, base_params), tx, rng)
