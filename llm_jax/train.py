@@ -62,7 +62,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<c
 # Sections that must match between a workdir's saved config and the current one to resume.
 _RESUME_MUST_MATCH = ("stage", "model", "tokenizer", "data.source", "data.mixture", "data.chunk_chars",
                       "data.val_fraction", "seed")
-_ADDED_SINCE = {"data.mixture": ""}  # keys newer than some workdirs: their value there was this default
+# Keys newer than some workdirs: their value there was this default (a run saved before LoRA+ was plain LoRA).
+_ADDED_SINCE = {"data.mixture": "", "lora.b_lr_ratio": 1.0}
 
 
 def _lookup(tree: dict, dotted: str):
@@ -79,14 +80,17 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
   current = json.loads(config_lib.to_json(config))
+  for added, default in _ADDED_SINCE.items():  # saved before the key existed: it had its default there
+    *parents, leaf = added.split(".")
+    section = _lookup(saved, ".".join(parents))
+    if isinstance(section, dict) and leaf not in section:
+      section[leaf] = default
   problems = []
   stage_keys = {"distill": ("distill.teacher",), "sft": ("init_from", "sft.mixture", "sft.examples", "lora"),
                 "grpo": ("init_from", "grpo"), "reward": ("init_from", "pref", "reward"),
                 "dpo": ("init_from", "pref", "dpo"), "ppo": ("init_from", "pref", "ppo")}
   for key in _RESUME_MUST_MATCH + stage_keys.get(config.stage, ()):
     was, now = _lookup(saved, key), _lookup(current, key)
-    if was == "<missing>" and key in _ADDED_SINCE:
-      was = _ADDED_SINCE[key]
     if key == "model" and isinstance(was, dict):  # fields added since that run had their default there
       was = {**dataclasses.asdict(ModelConfig()), **was}
     if isinstance(was, dict) and isinstance(now, dict):

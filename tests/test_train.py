@@ -129,6 +129,19 @@ def test_a_workdir_saved_before_a_model_field_existed_still_resumes(tmp_path):
   assert max(m["step"] for m in metrics_lib.read(tmp_path / "run")) == 3
 
 
+def test_an_sft_workdir_saved_before_lora_plus_resumes_as_plain_lora(tmp_path):
+  from llm_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.stage, config.init_from, config.lora.rank = "sft", "runs/tiny", 8
+  saved = json.loads(config_lib.to_json(config))
+  del saved["lora"]["b_lr_ratio"]  # as written before LoRA+ existed
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  train_lib.check_resumable(str(tmp_path), config)  # the default, 1: the same run
+  config.lora.b_lr_ratio = 16.0
+  with pytest.raises(config_lib.ConfigError, match="lora.b_lr_ratio: saved 1.0, now 16.0"):
+    train_lib.check_resumable(str(tmp_path), config)
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
   steps = ["--config.train.steps=300", "--config.train.checkpoint_every=25", "--config.train.eval_every=100",
            "--config.train.log_every=1"]
