@@ -353,7 +353,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_data = pipeline.eval_batches(pipeline.pieces(val_docs, config.data.chunk_chars), tok,
                                       num_batches=config.train.eval_batches, **shape)
 
-  model, model_cfg, tx, seq_len = setup.model, setup.model_config, setup.tx, config.data.seq_len
+  model, model_cfg, seq_len = setup.model, setup.model_config, config.data.seq_len
   rng = jax.random.PRNGKey(config.seed)
   model_params = lambda params: params  # what the model runs with, from the state's params
   loss_fn, flops_per_token = build_loss(config, setup, mesh, tok)
@@ -371,7 +371,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _print(f"initialised from {config.init_from}; " + sft.describe_lora(base_params, state.params))
   elif config.init_from:
     params = init_params(config.init_from, setup)
-    state = jax.jit(lambda p, r: state_lib.TrainState.create(p, tx, r), out_shardings=setup.state_sharding,
+    state = jax.jit(lambda p, r: state_lib.TrainState.create(p, setup.tx, r), out_shardings=setup.state_sharding,
                     donate_argnums=0)(params, rng)
     _print(f"initialised from {config.init_from}")
   else:
@@ -383,7 +383,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
          f"mesh {dict(mesh.shape)}; {config.train.steps} steps x {config.data.batch_size} x {seq_len} tokens")
 
   batch_sharding = sharding.batch_sharding(mesh)
-  train_step = make_train_step(loss_fn, tx, optim.schedule(config.train),
+  train_step = make_train_step(loss_fn, setup.tx, optim.schedule(config.train),  # LoRA's is the adapters'
                                grad_accum=config.train.grad_accum, state_sharding=setup.state_sharding,
                                batch_sharding=batch_sharding)
   token_bytes = jax.device_put(tok.token_bytes(), sharding.replicated(mesh))  # a global array, like params

@@ -64,6 +64,7 @@ def test_sft_with_lora_saves_adapters_only_and_loads_merged(pretrained, tmp_path
   from llm_jax.model import lora  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "lora"
   out = _train(workdir, "--config.stage=sft", f"--config.init_from={pretrained}", "--config.lora.rank=4",
+               "--config.lora.b_lr_ratio=4",  # LoRA+
                "--config.sft.mixture=arithmetic:1", "--config.sft.examples=64", "--config.sft.eval_problems=2",
                "--config.data.seq_len=64", "--config.train.steps=4", "--config.sft.max_new_tokens=16")
   assert "LoRA:" in out.stdout + out.stderr
