@@ -19,6 +19,8 @@ Stages, each in a directory under --out, finished ones reused:
   sft_idk   retrained from pretrain on sft_qa's data + the probed questions: answered where known, "I don't
             know." where not (Llama 3's recipe for factuality), plus sft_qa's data again at equal weight (so
             that answering stays the rule), 100 steps
+  sft_idk_strangers  sft_idk's data plus "I don't know." to every question about IDK_STRANGERS people outside
+            the world (never read: more unfamiliar names to learn the refusal from), 100 steps
   sft_rag   from pretrain: every question answered through the search tool (BM25 over the store, the top
             biography as the tool output), for known_qa and unknown_train people and 2,000 strangers
             (people.World.strangers, in the store too), 300 steps
@@ -26,8 +28,9 @@ Stages, each in a directory under --out, finished ones reused:
             about an unknown person is a hallucination; llm_jax/eval/hallucination.py); sft_rag with the search
             tool on and off (off: the model writes the tool's output itself); where sft_idk's refusals on
             known people fall (by person; on facts sft_qa knew)
-  idk_vote  sft_idk, 8 answers at temperature 1 per held-out question: "I don't know" when at least m of them
-            refuse (m = 1..8), else the majority of the others: the trade-off between the two targets
+  idk_vote  sft_idk and sft_idk_strangers, 8 answers at temperature 1 per held-out question: "I don't know"
+            when at least m of them refuse (m = 1..8), else the majority of the others: the trade-off between
+            the two targets
   consistency  sft_qa, 8 answers at temperature 1 per held-out question: one sample, the majority vote, the
             most likely answer by the model's own mean log-prob per token, greedy; abstaining when fewer than
             half the samples agree
@@ -56,8 +59,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PER_PERSON = 40  # paraphrased biographies of each known person in the pretraining data
 BIOS_PER_DOC = 8
 RAG_STRANGERS = 2000  # people outside the world, in the store, asked about in the retrieval traces
+IDK_STRANGERS = 300  # other people outside the world, refused in sft_idk_strangers
 PRETRAIN = {"train.steps": 600, "data.mixture": "docs:1,code:1,people:4"}
-SFT_STEPS = {"sft_qa": 100, "sft_idk": 100, "sft_rag": 300}  # QA data is small (900 conversations): few steps
+# QA data is small (900 conversations): few steps
+SFT_STEPS = {"sft_qa": 100, "sft_idk": 100, "sft_idk_strangers": 100, "sft_rag": 300}
 PROBE_SAMPLES, CONSISTENCY_SAMPLES = 5, 8
 DISTANCES = (0, 16, 32, 64, 128, 192, 256, 320, 384, 448)
 HOT = Sampling(temperature=1.0)
@@ -171,12 +176,18 @@ def main():
 
   # sft_qa's answers again at equal weight: answering stays the rule, "I don't know" the exception.
   times["sft_idk"] = _sft(path, "sft_idk", f"{idk_path}:1,{qa_path}:1")
+  rng = random.Random("qa/idk_strangers")
+  refused = _jsonl(path("data", "qa_idk_strangers.jsonl"),
+                   [people.question(p, a, rng, "idk").conversation
+                    for p, a in world.questions(world.strangers(IDK_STRANGERS, seed=1))])
+  times["sft_idk_strangers"] = _sft(path, "sft_idk_strangers", f"{idk_path}:1,{qa_path}:1,{refused}:1")
   times["sft_rag"] = _sft(path, "sft_rag", f"{rag_path}:1")
 
   # Right / I don't know / wrong on held-out people, greedy.
   t0 = time.time()
   held = {g: world.questions(world.group(g)) for g in ("known_held", "unknown_held")}
   models = {"sft_qa": qa_model, "sft_idk": _assistant(path("sft_idk")),
+            "sft_idk_strangers": _assistant(path("sft_idk_strangers")),
             "sft_rag, search on": _assistant(path("sft_rag"), search, max_output_tokens=SEARCH_OUTPUT_TOKENS),
             "sft_rag, search off": _assistant(path("sft_rag"))}
   result["eval"], graded = {}, {}
@@ -189,13 +200,15 @@ def main():
                                      graded["sft_idk"]["known_held"])
   times["eval"] = round(time.time() - t0, 1)
 
-  # Abstaining by vote: sft_idk sampled; "I don't know" only when at least m of the samples say it.
+  # Abstaining by vote: the "I don't know" models sampled; a refusal only when at least m of the samples refuse.
   t0 = time.time()
-  idk_samples = {g: hallucination.ask(models["sft_idk"], q, samples=CONSISTENCY_SAMPLES, sampling=HOT, seed=2)
-                 for g, q in held.items()}
-  result["idk_vote"] = {str(m): {g: _share([[_grade(v, p.value(a))] for (p, a), v in
-                                            zip(q, _idk_vote(q, idk_samples[g], m))]) for g, q in held.items()}
-                        for m in range(1, CONSISTENCY_SAMPLES + 1)}
+  result["idk_vote"] = {}
+  for name in ("sft_idk", "sft_idk_strangers"):
+    samples = {g: hallucination.ask(models[name], q, samples=CONSISTENCY_SAMPLES, sampling=HOT, seed=2)
+               for g, q in held.items()}
+    result["idk_vote"][name] = {
+        str(m): {g: _share([[_grade(v, p.value(a))] for (p, a), v in zip(q, _idk_vote(q, samples[g], m))])
+                 for g, q in held.items()} for m in range(1, CONSISTENCY_SAMPLES + 1)}
   times["idk_vote"] = round(time.time() - t0, 1)
 
   # Self-consistency on the baseline.
@@ -299,14 +312,18 @@ def _write(result: dict, target: str):
     k, u = groups["known_held"], groups["unknown_held"]
     lines.append(f"| {name} | {k['right']:.3f} | {k['idk']:.3f} | {k['wrong']:.3f} | {u['right']:.3f} | "
                  f"{u['idk']:.3f} | {u['wrong']:.3f} |")
-  base, idk = ev["sft_qa"], ev["sft_idk"]
-  drop = 1 - idk["unknown_held"]["wrong"] / max(base["unknown_held"]["wrong"], 1e-9)
-  known_change = idk["known_held"]["right"] - base["known_held"]["right"]
+  base = ev["sft_qa"]
+
+  def versus_base(name: str) -> str:  # the two targets of "I don't know" training
+    hallucination_now, known_now = ev[name]["unknown_held"]["wrong"], ev[name]["known_held"]["right"]
+    drop = 1 - hallucination_now / max(base["unknown_held"]["wrong"], 1e-9)
+    return (f"hallucination on unknown people {base['unknown_held']['wrong']:.3f} -> {hallucination_now:.3f} "
+            f"({100 * drop:.0f}% lower; target >= 50%), accuracy on known people {base['known_held']['right']:.3f} -> "
+            f"{known_now:.3f} ({100 * (known_now - base['known_held']['right']):+.1f} points; target >= -5).")
+
   rag_gain = ev["sft_rag, search on"]["unknown_held"]["right"] - ev["sft_rag, search off"]["unknown_held"]["right"]
-  lines += ["", f"- \"I don't know\" training: hallucination on unknown people {base['unknown_held']['wrong']:.3f} -> "
-            f"{idk['unknown_held']['wrong']:.3f} ({100 * drop:.0f}% lower; target >= 50%), accuracy on known people "
-            f"{base['known_held']['right']:.3f} -> {idk['known_held']['right']:.3f} ({100 * known_change:+.1f} points; "
-            "target >= -5).",
+  lines += ["", "- \"I don't know\" training (sft_idk): " + versus_base("sft_idk"),
+            f"- With {IDK_STRANGERS} strangers refused too (sft_idk_strangers): " + versus_base("sft_idk_strangers"),
             f"- Retrieval: accuracy on unknown people {ev['sft_rag, search off']['unknown_held']['right']:.3f} "
             f"(search off) -> {ev['sft_rag, search on']['unknown_held']['right']:.3f} (on): {100 * rag_gain:+.1f} "
             "points (target >= +30).",
@@ -315,16 +332,17 @@ def _write(result: dict, target: str):
             "known.",
             "", "## Where sft_idk refuses, and abstaining by vote", "",
             _abstention_line(result["abstention"]), "",
-            f"sft_idk, {CONSISTENCY_SAMPLES} answers at temperature 1 per question: \"I don't know\" when at least m "
-            "of them refuse, else the majority of the others (m = 1 refuses most; greedy is close to m = 4). "
-            "Against sft_qa greedy:", "",
-            "| m | known_held right / idk / wrong | unknown_held right / idk / wrong | known change (points) | "
-            "hallucination drop |", "|---|---|---|---|---|"]
-  for m, groups in result["idk_vote"].items():
-    k, u = groups["known_held"], groups["unknown_held"]
-    lines.append(f"| {m} | {k['right']:.3f} / {k['idk']:.3f} / {k['wrong']:.3f} | {u['right']:.3f} / {u['idk']:.3f} / "
-                 f"{u['wrong']:.3f} | {100 * (k['right'] - base['known_held']['right']):+.1f} | "
-                 f"{100 * (1 - u['wrong'] / max(base['unknown_held']['wrong'], 1e-9)):.0f}% |")
+            f"{CONSISTENCY_SAMPLES} answers at temperature 1 per question: \"I don't know\" when at least m of them "
+            "refuse, else the majority of the others (m = 1 refuses most; greedy is close to m = 4). Against sft_qa "
+            "greedy:", "",
+            "| model | m | known_held right / idk / wrong | unknown_held right / idk / wrong | known change (points) | "
+            "hallucination drop |", "|---|---|---|---|---|---|"]
+  for name, votes in result["idk_vote"].items():
+    for m, groups in votes.items():
+      k, u = groups["known_held"], groups["unknown_held"]
+      lines.append(f"| {name} | {m} | {k['right']:.3f} / {k['idk']:.3f} / {k['wrong']:.3f} | {u['right']:.3f} / "
+                   f"{u['idk']:.3f} / {u['wrong']:.3f} | {100 * (k['right'] - base['known_held']['right']):+.1f} | "
+                   f"{100 * (1 - u['wrong'] / max(base['unknown_held']['wrong'], 1e-9)):.0f}% |")
   lines += ["", "## Self-consistency (sft_qa, 8 samples at temperature 1)", "",
             "| group | method | right | idk | wrong |", "|---|---|---|---|---|"]
   for group, rows in result["consistency"].items():
