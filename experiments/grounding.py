@@ -16,11 +16,12 @@ Stages, each in a directory under --out, finished ones reused:
             ("Grew up in Tarsk.": the answer does not repeat the name, which would be copying it)
   probe     sft_qa asked every known_probe and unknown_train question 5 times at temperature 1: a fact is
             "known" when the majority answer is right
-  sft_idk   retrained from pretrain on sft_qa's data + the probed questions: answered where known, "I don't
-            know." where not (Llama 3's recipe for factuality), plus sft_qa's data again at equal weight (so
-            that answering stays the rule), 100 steps
-  sft_idk_strangers  sft_idk's data plus "I don't know." to every question about IDK_STRANGERS people outside
-            the world (never read: more unfamiliar names to learn the refusal from), 100 steps
+  sft_idk   sft_qa trained on (at IDK_LR, a third of its rate) the probed questions: answered where known, "I
+            don't know." where not (Llama 3's recipe for factuality), plus sft_qa's data again at equal weight
+            (so that answering stays the rule), 100 steps. Retrained from pretrain at sft_qa's rate instead, it
+            refused more of the known people's questions (known -13.0 points, hallucination -64%, 2026-12-05)
+  sft_idk_strangers  the same from sft_qa, with "I don't know." to every question about IDK_STRANGERS people
+            outside the world as well (never read: more unfamiliar names to learn the refusal from)
   sft_rag   from pretrain: every question answered through the search tool (BM25 over the store, the top
             biography as the tool output), for known_qa and unknown_train people and 2,000 strangers
             (people.World.strangers, in the store too), 300 steps
@@ -60,6 +61,7 @@ PER_PERSON = 40  # paraphrased biographies of each known person in the pretraini
 BIOS_PER_DOC = 8
 RAG_STRANGERS = 2000  # people outside the world, in the store, asked about in the retrieval traces
 IDK_STRANGERS = 300  # other people outside the world, refused in sft_idk_strangers
+IDK_LR = 3e-4  # sft_idk continues sft_qa (trained at configs/sft_tiny.py's 1e-3) at a third of its rate
 PRETRAIN = {"train.steps": 600, "data.mixture": "docs:1,code:1,people:4"}
 # QA data is small (900 conversations): few steps
 SFT_STEPS = {"sft_qa": 100, "sft_idk": 100, "sft_idk_strangers": 100, "sft_rag": 300}
@@ -107,12 +109,12 @@ def _train(config_name: str, workdir: str, overrides: dict) -> float | None:
   return seconds
 
 
-def _sft(path, name: str, mixture: str):
-  """configs/sft_tiny.py's settings from the pretrained model on JSONL files (sft.mixture), SFT_STEPS[name] steps."""
+def _sft(path, name: str, mixture: str, init_from: str = "pretrain", **overrides):
+  """configs/sft_tiny.py's settings from `init_from`'s model on JSONL files (sft.mixture), SFT_STEPS[name] steps."""
   steps = SFT_STEPS[name]
-  return _train("sft_tiny", path(name), {"init_from": path("pretrain"), "sft.mixture": mixture,
+  return _train("sft_tiny", path(name), {"init_from": path(init_from), "sft.mixture": mixture,
                                          "sft.examples": 12000, "train.steps": steps, "train.eval_every": steps,
-                                         "train.checkpoint_every": steps})
+                                         "train.checkpoint_every": steps, **overrides})
 
 
 def _assistant(workdir: str, tools=None, **kwargs) -> Assistant:
@@ -175,12 +177,13 @@ def main():
   rag_path = _jsonl(path("data", "qa_rag.jsonl"), rag_rows)
 
   # sft_qa's answers again at equal weight: answering stays the rule, "I don't know" the exception.
-  times["sft_idk"] = _sft(path, "sft_idk", f"{idk_path}:1,{qa_path}:1")
+  times["sft_idk"] = _sft(path, "sft_idk", f"{idk_path}:1,{qa_path}:1", "sft_qa", **{"train.lr": IDK_LR})
   rng = random.Random("qa/idk_strangers")
   refused = _jsonl(path("data", "qa_idk_strangers.jsonl"),
                    [people.question(p, a, rng, "idk").conversation
                     for p, a in world.questions(world.strangers(IDK_STRANGERS, seed=1))])
-  times["sft_idk_strangers"] = _sft(path, "sft_idk_strangers", f"{idk_path}:1,{qa_path}:1,{refused}:1")
+  times["sft_idk_strangers"] = _sft(path, "sft_idk_strangers", f"{idk_path}:1,{qa_path}:1,{refused}:1", "sft_qa",
+                                    **{"train.lr": IDK_LR})
   times["sft_rag"] = _sft(path, "sft_rag", f"{rag_path}:1")
 
   # Right / I don't know / wrong on held-out people, greedy.
@@ -333,8 +336,7 @@ def _write(result: dict, target: str):
             "", "## Where sft_idk refuses, and abstaining by vote", "",
             _abstention_line(result["abstention"]), "",
             f"{CONSISTENCY_SAMPLES} answers at temperature 1 per question: \"I don't know\" when at least m of them "
-            "refuse, else the majority of the others (m = 1 refuses most; greedy is close to m = 4). Against sft_qa "
-            "greedy:", "",
+            "refuse, else the majority of the others (m = 1 refuses most). Against sft_qa greedy:", "",
             "| model | m | known_held right / idk / wrong | unknown_held right / idk / wrong | known change (points) | "
             "hallucination drop |", "|---|---|---|---|---|---|"]
   for name, votes in result["idk_vote"].items():
