@@ -62,9 +62,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--base", default=os.path.join(ROOT, "runs", "tiny"))
   parser.add_argument("--workdir", default="/tmp/llm_jax_experiments/sft_tools")
-  parser.add_argument("--lora", action="append", default=None, metavar="RANK:LR[:TARGETS]",
+  parser.add_argument("--lora", action="append", default=None, metavar="RANK:LR[:TARGETS[:B_LR_RATIO]]",
                       help="a LoRA run (repeatable); TARGETS as lora.targets with '+' for ',' "
-                           "(default: configs/sft_tiny.py's); default: --lora 8:1e-2")
+                           "(default, or empty: configs/sft_tiny.py's); B_LR_RATIO: LoRA+'s lora.b_lr_ratio "
+                           "(default 1); default: --lora 8:1e-2")
   args = parser.parse_args()
 
   base_config = config_lib.load_file(os.path.join(ROOT, "configs", "tiny.py"))
@@ -75,19 +76,22 @@ def main():
     c = config_lib.load_file(os.path.join(ROOT, "configs", "sft_tiny.py"))
     c.init_from, c.train.progress = args.base, False
     if spec:
-      rank, lr, *targets = spec.split(":")
+      rank, lr, *rest = spec.split(":")
       c.lora.rank, c.train.lr = int(rank), float(lr)
-      c.lora.targets = targets[0].replace("+", ",") if targets else c.lora.targets
+      c.lora.targets = rest[0].replace("+", ",") if rest and rest[0] else c.lora.targets
+      c.lora.b_lr_ratio = float(rest[1]) if len(rest) > 1 else 1.0
     config_lib.validate(c)
     return c
 
   variants = {"full fine-tuning": sft_config(None)}
   for spec in args.lora or ["8:1e-2"]:
     c = sft_config(spec)
-    variants[f"LoRA rank {c.lora.rank}, lr {c.train.lr:g}, on {c.lora.targets}"] = c  # one row per --lora
+    plus = f", LoRA+ b x{c.lora.b_lr_ratio:g}" if c.lora.b_lr_ratio != 1 else ""
+    variants[f"LoRA rank {c.lora.rank}, lr {c.train.lr:g}, on {c.lora.targets}{plus}"] = c  # one row per --lora
   rows = {}
   for name, c in variants.items():
-    workdir = os.path.join(args.workdir, f"lora_{c.lora.rank}_{c.train.lr:g}_{c.lora.targets.replace(',', '-')}"
+    plus = f"_b{c.lora.b_lr_ratio:g}" if c.lora.b_lr_ratio != 1 else ""
+    workdir = os.path.join(args.workdir, f"lora_{c.lora.rank}_{c.train.lr:g}_{c.lora.targets.replace(',', '-')}{plus}"
                            if c.lora.rank else "full")
     out = _run(c, workdir)
     trainable, total = _trainable(c, args.base)
