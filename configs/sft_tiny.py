@@ -15,7 +15,8 @@ writes the tool's output itself) and logs eval/<task>/tools_on|off; samples.txt 
 Measured (experiments/sft_tools.md, 2026-12-04): held-out loss 0.362; with tools on / off: arithmetic 0.97 /
 0.00, follow-ups 0.90 / 0.00, letter counting 0.59 / 0.00 (the exact reference code in 32% of problems: the
 model copies the question's word into its code), spelling 0.44 / 0.00. LoRA rank 12 does not learn the copy:
-0.80 / 0.37 / 0.38 / 0.00 with tools on. ~13 min on a 2-core CPU alone (~12 min of steps at ~5,100 tokens/s,
+0.80 / 0.37 / 0.38 / 0.00 with tools on; rank 32 on q,k,v,o (4.3%)
+0.96 / 0.93 / 0.43 / 0.00 (2026-12-05). ~13 min on a 2-core CPU alone (~12 min of steps at ~5,100 tokens/s,
 ~1 min of evaluation), after pretraining configs/tiny.py (3.8 min).
 """
 
