@@ -82,7 +82,7 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   current = json.loads(config_lib.to_json(config))
   for added, default in _ADDED_SINCE.items():  # saved before the key existed: it had its default there
     *parents, leaf = added.split(".")
-    section = _lookup(saved, ".".join(parents))
+    section = _lookup(saved, ".".join(parents)) if parents else saved
     if isinstance(section, dict) and leaf not in section:
       section[leaf] = default
   problems = []
