@@ -43,6 +43,7 @@ Writes experiments/grounding.{md,json,png}.
 """
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -249,19 +250,21 @@ def main():
 def _abstention(questions, qa_grades: list[str], idk_grades: list[str]) -> dict:
   """Where sft_idk says "I don't know" about people it read: how its refusals spread over people (how many
   of them get 0..5 refusals to their 5 questions) and how many refusals hit facts sft_qa answered right."""
-  per_person = {}
+  per_person = collections.Counter()
   for (person, _), grade in zip(questions, idk_grades):
-    per_person[person.name] = per_person.get(person.name, 0) + (grade == "idk")
+    per_person[person.name] += grade == "idk"
   counts = list(per_person.values())
-  return {"people": len(counts), "refusals_per_person": {str(k): counts.count(k) for k in range(6)},
+  return {"people": len(counts),
+          "refusals_per_person": {str(k): counts.count(k) for k in range(len(people.ATTRIBUTES) + 1)},
           "refusals": idk_grades.count("idk"),
           "refusals_on_facts_sft_qa_knew": sum(q == "right" and i == "idk" for q, i in zip(qa_grades, idk_grades))}
 
 
 def _abstention_line(a: dict) -> str:
   spread = ", ".join(f"{n} with {k}" for k, n in a["refusals_per_person"].items() if n)
-  return (f"sft_idk refuses {a['refusals']} of the {5 * a['people']} known_held questions (greedy). People by "
-          f"how many of their 5 questions it refuses: {spread}. {a['refusals_on_facts_sft_qa_knew']} of the "
+  n = len(people.ATTRIBUTES)
+  return (f"sft_idk refuses {a['refusals']} of the {n * a['people']} known_held questions (greedy). People by "
+          f"how many of their {n} questions it refuses: {spread}. {a['refusals_on_facts_sft_qa_knew']} of the "
           "refusals are facts sft_qa answered right.")
 
 
@@ -274,6 +277,13 @@ def _idk_vote(questions, samples: list[list[str]], at_least: int) -> list[str]:
     refused = len(texts) - len(answered)
     out.append("idk" if refused >= at_least or not answered else hallucination.majority(answered, attribute)[0])
   return out
+
+
+def _targets(rates: dict, base: dict) -> tuple[float, float]:
+  """(change of known-people accuracy in points, relative drop of the hallucination rate on unknown people in
+  %) of a model's rates against sft_qa's: the two targets of "I don't know" training."""
+  return (100 * (rates["known_held"]["right"] - base["known_held"]["right"]),
+          100 * (1 - rates["unknown_held"]["wrong"] / max(base["unknown_held"]["wrong"], 1e-9)))
 
 
 def _grade(value: str, truth: str) -> str:
@@ -318,11 +328,11 @@ def _write(result: dict, target: str):
   base = ev["sft_qa"]
 
   def versus_base(name: str) -> str:  # the two targets of "I don't know" training
-    hallucination_now, known_now = ev[name]["unknown_held"]["wrong"], ev[name]["known_held"]["right"]
-    drop = 1 - hallucination_now / max(base["unknown_held"]["wrong"], 1e-9)
-    return (f"hallucination on unknown people {base['unknown_held']['wrong']:.3f} -> {hallucination_now:.3f} "
-            f"({100 * drop:.0f}% lower; target >= 50%), accuracy on known people {base['known_held']['right']:.3f} -> "
-            f"{known_now:.3f} ({100 * (known_now - base['known_held']['right']):+.1f} points; target >= -5).")
+    known_change, drop = _targets(ev[name], base)
+    return (f"hallucination on unknown people {base['unknown_held']['wrong']:.3f} -> "
+            f"{ev[name]['unknown_held']['wrong']:.3f} ({drop:.0f}% lower; target >= 50%), accuracy on known people "
+            f"{base['known_held']['right']:.3f} -> {ev[name]['known_held']['right']:.3f} ({known_change:+.1f} points; "
+            "target >= -5).")
 
   rag_gain = ev["sft_rag, search on"]["unknown_held"]["right"] - ev["sft_rag, search off"]["unknown_held"]["right"]
   lines += ["", "- \"I don't know\" training (sft_idk): " + versus_base("sft_idk"),
@@ -342,9 +352,9 @@ def _write(result: dict, target: str):
   for name, votes in result["idk_vote"].items():
     for m, groups in votes.items():
       k, u = groups["known_held"], groups["unknown_held"]
+      known_change, drop = _targets(groups, base)
       lines.append(f"| {name} | {m} | {k['right']:.3f} / {k['idk']:.3f} / {k['wrong']:.3f} | {u['right']:.3f} / "
-                   f"{u['idk']:.3f} / {u['wrong']:.3f} | {100 * (k['right'] - base['known_held']['right']):+.1f} | "
-                   f"{100 * (1 - u['wrong'] / max(base['unknown_held']['wrong'], 1e-9)):.0f}% |")
+                   f"{u['idk']:.3f} / {u['wrong']:.3f} | {known_change:+.1f} | {drop:.0f}% |")
   lines += ["", "## Self-consistency (sft_qa, 8 samples at temperature 1)", "",
             "| group | method | right | idk | wrong |", "|---|---|---|---|---|"]
   for group, rows in result["consistency"].items():
