@@ -67,7 +67,8 @@ _ADDED_SINCE = {"data.mixture": "", "lora.b_lr_ratio": 1.0}
 
 
 def _lookup(tree: dict, dotted: str):
-  for part in dotted.split("."):
+  """The value at a dotted key path ("" is the tree itself), or "<missing>"."""
+  for part in dotted.split(".") if dotted else ():
     tree = tree.get(part, "<missing>") if isinstance(tree, dict) else "<missing>"
   return tree
 
@@ -82,7 +83,7 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   current = json.loads(config_lib.to_json(config))
   for added, default in _ADDED_SINCE.items():  # saved before the key existed: it had its default there
     *parents, leaf = added.split(".")
-    section = _lookup(saved, ".".join(parents)) if parents else saved
+    section = _lookup(saved, ".".join(parents))
     if isinstance(section, dict) and leaf not in section:
       section[leaf] = default
   problems = []
