@@ -188,7 +188,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0  # 0: full fine-tuning
   c.lora.alpha = 16.0  # the update is alpha / rank * (a @ b)
-  c.lora.targets = "q,k,v,o,gate,up,down"
+  c.lora.targets = "q,k,v,o,gate,up,down"  # projection names (path suffixes), "head", "embed" (the table)
   c.lora.special_tokens = True
   # LoRA+ (Hayou et al. 2024): the b matrices learn at this multiple of train.lr (the paper suggests ~16;
   # a and b start unequal, b = 0, so equal rates move b too slowly). 1: plain LoRA.

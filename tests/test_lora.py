@@ -1,6 +1,6 @@
 """LoRA adapters (llm_jax/model/lora.py): identity at init, the merge formula against an independent einsum,
 rank of the update, gradients reach only the adapters, Adam on adapters alone lowers the loss, token rows
-touch only their rows, the trainable share of the tiny model, other architectures, and input errors."""
+touch only their rows, the embedding-table target, the trainable share of the tiny model, other architectures, and input errors."""
 
 from __future__ import annotations
 
@@ -177,6 +177,31 @@ def test_token_rows_change_only_their_rows(tie):
     assert changed_cols.tolist() == list(ids)
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_embed_target_adds_a_low_rank_update_to_the_whole_table(tie):
+  """"embed": E + alpha / r * (a @ b) over every row, composed with token rows; identity at init (a = 0)."""
+  model, params = _init(CFG.replace(tie_embeddings=tie))
+  adapters = lora.init(jax.random.PRNGKey(1), params, rank=RANK, targets=("q", "embed"), token_ids=(5,))
+  a, b = adapters["embed"]["a"], adapters["embed"]["b"]
+  assert a.shape == (CFG.vocab_size, RANK) and b.shape == (RANK, CFG.d_model)
+  assert not np.any(a) and np.std(b) > 0.5  # PEFT's init: the per-token factor at zero, the shared one random
+  tokens = _tokens()
+  np.testing.assert_array_equal(_logits(model, _merge(params, adapters, token_ids=(5,)), tokens),
+                                _logits(model, params, tokens))
+  adapters = _randomize(adapters)
+  merged = _merge(params, adapters, token_ids=(5,))
+  a, b = np.asarray(adapters["embed"]["a"], np.float64), np.asarray(adapters["embed"]["b"], np.float64)
+  expected = np.asarray(params["embed"]["embedding"], np.float64) + ALPHA / RANK * a @ b
+  expected[5] += np.asarray(adapters["token_rows"]["embed"][0])
+  np.testing.assert_allclose(merged["embed"]["embedding"], expected, rtol=1e-5, atol=1e-5)
+  assert np.linalg.matrix_rank(np.delete(expected - np.asarray(params["embed"]["embedding"]), 5, axis=0)) == RANK
+  grads = jax.grad(lambda ad: _next_token_loss(model, tokens)(lora.merge(params, ad, rank=RANK, alpha=ALPHA,
+                                                                          token_ids=(5,))))(adapters)
+  touched = np.flatnonzero(np.any(np.asarray(grads["embed"]["a"]) != 0, axis=1))
+  # untied, only the rows of tokens the model read get a gradient; tied, the head's use reaches every row
+  assert set(touched.tolist()) == (set(range(CFG.vocab_size)) if tie else set(np.asarray(tokens[:, :-1]).ravel()))
+
+
 def test_trainable_fraction_of_the_tiny_model():
   cfg = ModelConfig()  # configs/tiny.py's shape: abstract (eval_shape) params, nothing is computed
   params = nn.unbox(jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
@@ -229,7 +254,7 @@ def test_bad_input_is_rejected_with_a_clear_message():
       lora.init(rng, params, rank=rank)
     with pytest.raises(ValueError, match="rank"):
       _merge(params, {}, rank=rank)
-  with pytest.raises(ValueError, match=r"'qq' matches no projection.*down, gate, head, k, o, q, up, v"):
+  with pytest.raises(ValueError, match=r"'qq' matches no projection.*down, gate, head, k, o, q, up, v.*'embed'"):
     lora.init(rng, params, rank=RANK, targets=("q", "qq"))
   _, gelu = _init(GELU)
   with pytest.raises(ValueError, match="'gate' matches no projection"):

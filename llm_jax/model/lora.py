@@ -17,6 +17,11 @@ SwiGLU gate and the conv mixer's gate (layer_pattern "AC"), "mlp/gate" only the 
 output projection) may be targeted too. A target that matches nothing is an error naming the projections
 that exist (a gelu MLP has no "gate": pass its names, e.g. ("q", "k", "v", "o", "up", "down")).
 
+"embed" adapts the token embedding table E [V, D] too: E + alpha / r * (a @ b) with a [V, r] (each token's
+own r numbers) and b [r, D] shared by all tokens. As in PEFT's embedding LoRA, a starts at zero and b at
+normal(0, 1), so the model still equals the base at init and every token seen in a batch moves its row of a
+from the first step. Unlike token rows (below), it reaches every token, at about r / D of the table's size.
+
 Token rows: new special tokens (chat roles, tool calls) never appeared in pretraining, and a low-rank
 update of the projections cannot give them useful embeddings. `token_ids` makes their embedding rows (and
 head columns when untied) trainable: adapters["token_rows"] = {"embed": [n, D], "head": [D, n]} zeros,
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+EMBED = "embed"  # the token embedding table (not a Projection): module docstring
 
 # Contracted (input) dims of a kernel, after the layer axis: the attention output projection reads
 # [N, H] (layers.Attention builds it with n_in=2); every other Projection reads one dim.
@@ -128,17 +134,26 @@ def init(rng, params, *, rank: int, targets: Sequence[str] = TARGETS, token_ids:
   available = sorted({path[-1] for path in kernels})
   chosen = {}
   for target in targets:
+    if target == EMBED:
+      continue
     suffix = tuple(target.split("/"))
     matched = {p: k for p, k in kernels.items() if p[-len(suffix):] == suffix}
     if not matched:
-      raise ValueError(f"LoRA target {target!r} matches no projection kernel; available: {', '.join(available)}")
+      raise ValueError(f"LoRA target {target!r} matches no projection kernel; available: {', '.join(available)}"
+                       f" (and {EMBED!r}, the embedding table)")
     chosen.update(matched)
 
   shapes = {}
   for path, kernel in sorted(chosen.items()):
     _check_float(path, kernel)
     shapes[path] = _dims(path, kernel)
+  if EMBED in targets:  # split only then: runs without it keep their initialisation
+    rng, embed_rng = jax.random.split(rng)
   adapters = _nest(_init_pairs(rng, shapes, rank))
+  if EMBED in targets:
+    vocab_size, d_model = params["embed"]["embedding"].shape
+    adapters[EMBED] = {"a": jnp.zeros((vocab_size, rank), jnp.float32),
+                       "b": jax.random.normal(embed_rng, (rank, d_model), jnp.float32)}
 
   if len(token_ids):
     vocab_size, d_model = params["embed"]["embedding"].shape
@@ -168,8 +183,16 @@ def merge(params, adapters, *, rank: int, alpha: float, token_ids: Sequence[int]
   """
   _check_rank(rank)
   kernels = _projections(params)
-  new_kernels = {}
+  new_kernels, new_embedding = {}, None
   for path, pair in _pairs(adapters).items():
+    if path == (EMBED,):
+      embedding = params["embed"]["embedding"]
+      if pair["a"].shape != (embedding.shape[0], rank) or pair["b"].shape != (rank, embedding.shape[1]):
+        raise ValueError(f"LoRA adapter embed: a {pair['a'].shape}, b {pair['b'].shape} do not fit the embedding "
+                         f"{tuple(embedding.shape)} at rank={rank}")
+      delta = jnp.matmul(pair["a"], pair["b"], precision=jax.lax.Precision.HIGHEST)
+      new_embedding = (embedding.astype(jnp.float32) + (alpha / rank) * delta).astype(embedding.dtype)
+      continue
     if path not in kernels:
       raise ValueError(f"LoRA adapter {'/'.join(path)} has no projection kernel in params")
     kernel = kernels[path]
@@ -178,9 +201,8 @@ def merge(params, adapters, *, rank: int, alpha: float, token_ids: Sequence[int]
     new_kernels[path] = merged.astype(kernel.dtype)
 
   rows = adapters.get("token_rows", {})
-  new_embedding = None
   if len(token_ids) or rows:
-    embedding = params["embed"]["embedding"]
+    embedding = params["embed"]["embedding"] if new_embedding is None else new_embedding
     ids = _check_token_ids(token_ids, embedding.shape[0])
     if rows.get("embed") is None or rows["embed"].shape[0] != len(ids):
       raise ValueError(f"LoRA token_ids has {len(ids)} ids but adapters['token_rows'] was made for "
