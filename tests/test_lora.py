@@ -1,6 +1,7 @@
 """LoRA adapters (llm_jax/model/lora.py): identity at init, the merge formula against an independent einsum,
 rank of the update, gradients reach only the adapters, Adam on adapters alone lowers the loss, token rows
-touch only their rows, the embedding-table target, the trainable share of the tiny model, other architectures, and input errors."""
+touch only their rows, the embedding-table target, the trainable share of the tiny model, other architectures,
+and input errors."""
 
 from __future__ import annotations
 
