@@ -18,6 +18,9 @@ model copies the question's word into its code), spelling 0.44 / 0.00. LoRA rank
 0.80 / 0.37 / 0.38 / 0.00 with tools on; rank 32 on q,k,v,o (4.3%)
 0.96 / 0.93 / 0.43 / 0.00 (2026-12-05). ~13 min on a 2-core CPU alone (~12 min of steps at ~5,100 tokens/s,
 ~1 min of evaluation), after pretraining configs/tiny.py (3.8 min).
+From a base mid-trained on `repeat` (experiments/sft_tools.py --mid 450), LoRA copies too: rank 16 on
+q,k,v,o,embed,head (4.8%, --config.lora.targets=q,k,v,o,embed,head) for 1,800 steps is within 0.01 of full
+fine-tuning's 900 steps on every task (experiments/sft_tools_mid.md, 2026-12-07).
 """
 
 from llm_jax.config import base_config
