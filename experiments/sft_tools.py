@@ -148,7 +148,7 @@ def _write_markdown(result: dict, path: str):
   tasks = sorted({k.rsplit("/", 1)[0] for r in runs.values() for k in r["accuracy"] if k.endswith("/tools_on")})
   lines = ["# SFT with tools: tools on vs off, full fine-tuning vs LoRA", "",
            "`python experiments/sft_tools.py`: configs/tiny.py pretrained, then configs/sft_tiny.py; "
-           f"{result.get('problems', 100)} held-out problems per task, greedy. Accuracy with tools on / tools off "
+           f"{result['problems']} held-out problems per task, greedy. Accuracy with tools on / tools off "
            "(nothing runs: the model writes each tool output itself) / share of problems whose tool call is exactly "
            "the reference solution's.",
            "", "| run | trainable params | lr | held-out loss | " + " | ".join(tasks) + " | train time |",

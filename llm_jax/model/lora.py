@@ -185,12 +185,9 @@ def merge(params, adapters, *, rank: int, alpha: float, token_ids: Sequence[int]
   kernels = _projections(params)
   new_kernels, new_embedding = {}, None
   for path, pair in _pairs(adapters).items():
-    if path == (EMBED,):
+    if path == (EMBED,):  # the table [V, D] is a kernel with one input and one output dim to _delta
       embedding = params["embed"]["embedding"]
-      if pair["a"].shape != (embedding.shape[0], rank) or pair["b"].shape != (rank, embedding.shape[1]):
-        raise ValueError(f"LoRA adapter embed: a {pair['a'].shape}, b {pair['b'].shape} do not fit the embedding "
-                         f"{tuple(embedding.shape)} at rank={rank}")
-      delta = jnp.matmul(pair["a"], pair["b"], precision=jax.lax.Precision.HIGHEST)
+      delta = _delta(path, embedding, pair, rank)
       new_embedding = (embedding.astype(jnp.float32) + (alpha / rank) * delta).astype(embedding.dtype)
       continue
     if path not in kernels:
